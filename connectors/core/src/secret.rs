@@ -1,0 +1,83 @@
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// A credential. Its `Debug` and `Display` never show the value, so a secret
+/// cannot leak through a log line or an error message by accident.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// Where a channel file may take a secret from: inline (`api_key`), a file
+/// (`api_key_file`, trailing newline trimmed) or an environment variable
+/// (`api_key_env`). At most one may be set.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct SecretSource {
+    pub value: Option<Secret>,
+    pub file: Option<PathBuf>,
+    pub env: Option<String>,
+}
+
+impl SecretSource {
+    /// Resolve to the secret, or `None` when no source is set. The error
+    /// names the field (`api_key_file`, …) and never the secret.
+    pub fn resolve(&self, field: &str) -> Result<Option<Secret>, String> {
+        let set = [
+            self.value.is_some(),
+            self.file.is_some(),
+            self.env.is_some(),
+        ]
+        .iter()
+        .filter(|s| **s)
+        .count();
+        if set > 1 {
+            return Err(format!(
+                "set only one of `{field}`, `{field}_file` and `{field}_env`"
+            ));
+        }
+        if let Some(v) = &self.value {
+            return Ok(Some(v.clone()));
+        }
+        if let Some(path) = &self.file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("`{field}_file`: cannot read {}: {e}", path.display()))?;
+            let trimmed = text.trim_end_matches(['\r', '\n']);
+            if trimmed.is_empty() {
+                return Err(format!("`{field}_file`: {} is empty", path.display()));
+            }
+            return Ok(Some(Secret::new(trimmed)));
+        }
+        if let Some(var) = &self.env {
+            return match std::env::var(var) {
+                Ok(v) if !v.is_empty() => Ok(Some(Secret::new(v))),
+                _ => Err(format!(
+                    "`{field}_env`: environment variable {var} is not set"
+                )),
+            };
+        }
+        Ok(None)
+    }
+}

@@ -1,0 +1,308 @@
+use http::StatusCode;
+use leadgate_connector::Attachment;
+use thiserror::Error;
+
+/// Most fields a form post may carry; more is abuse, not a form.
+pub const MAX_FIELDS: usize = 200;
+
+/// Everything a form request can be refused for. Each maps to one HTTP
+/// status and a message that names the problem for the integrator.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum FormError {
+    #[error("empty body")]
+    EmptyBody,
+    #[error("invalid UTF-8 in {0}")]
+    InvalidUtf8(String),
+    #[error("malformed JSON: {0}")]
+    MalformedJson(String),
+    #[error("malformed JSON: the body must be a JSON object of fields")]
+    JsonNotObject,
+    #[error("malformed multipart body: {0}")]
+    MalformedMultipart(String),
+    #[error(
+        "unsupported content type {0:?}; send application/x-www-form-urlencoded, multipart/form-data or application/json"
+    )]
+    UnsupportedContentType(String),
+    #[error("body too large: the limit is {0} bytes")]
+    TooLarge(usize),
+    #[error("too many fields: the limit is {MAX_FIELDS}")]
+    TooManyFields,
+    #[error("no phone, email or messenger contact in the form")]
+    NoContact,
+    #[error("missing API key: send it in the X-Leadgate-Key header")]
+    MissingKey,
+    #[error("wrong API key")]
+    WrongKey,
+    #[error("origin {0:?} is not allowed to post to this form")]
+    OriginNotAllowed(String),
+    #[error("too many requests; retry later")]
+    RateLimited,
+    #[error("unknown form channel {0:?}")]
+    UnknownChannel(String),
+    #[error("store unavailable; retry later")]
+    Unavailable,
+}
+
+impl FormError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            FormError::EmptyBody
+            | FormError::InvalidUtf8(_)
+            | FormError::MalformedJson(_)
+            | FormError::JsonNotObject
+            | FormError::MalformedMultipart(_) => StatusCode::BAD_REQUEST,
+            FormError::UnsupportedContentType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            FormError::TooLarge(_) | FormError::TooManyFields => StatusCode::PAYLOAD_TOO_LARGE,
+            FormError::NoContact => StatusCode::UNPROCESSABLE_ENTITY,
+            FormError::MissingKey => StatusCode::UNAUTHORIZED,
+            FormError::WrongKey | FormError::OriginNotAllowed(_) => StatusCode::FORBIDDEN,
+            FormError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            FormError::UnknownChannel(_) => StatusCode::NOT_FOUND,
+            FormError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// A stable machine-readable code for the JSON error body.
+    pub fn code(&self) -> &'static str {
+        match self {
+            FormError::EmptyBody => "empty_body",
+            FormError::InvalidUtf8(_) => "invalid_utf8",
+            FormError::MalformedJson(_) | FormError::JsonNotObject => "malformed_json",
+            FormError::MalformedMultipart(_) => "malformed_multipart",
+            FormError::UnsupportedContentType(_) => "unsupported_content_type",
+            FormError::TooLarge(_) | FormError::TooManyFields => "body_too_large",
+            FormError::NoContact => "no_contact",
+            FormError::MissingKey => "missing_key",
+            FormError::WrongKey => "wrong_key",
+            FormError::OriginNotAllowed(_) => "origin_not_allowed",
+            FormError::RateLimited => "rate_limited",
+            FormError::UnknownChannel(_) => "unknown_channel",
+            FormError::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// A form body decoded into ordered `(name, value)` pairs and file metadata.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ParsedBody {
+    pub fields: Vec<(String, String)>,
+    pub attachments: Vec<Attachment>,
+}
+
+enum BodyKind {
+    UrlEncoded,
+    Multipart(String),
+    Json,
+}
+
+fn body_kind(content_type: Option<&str>, body: &[u8]) -> Result<BodyKind, FormError> {
+    let raw = content_type.unwrap_or("").trim();
+    let essence = raw
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match essence.as_str() {
+        "application/x-www-form-urlencoded" => Ok(BodyKind::UrlEncoded),
+        "application/json" => Ok(BodyKind::Json),
+        _ if essence.starts_with("application/") && essence.ends_with("+json") => {
+            Ok(BodyKind::Json)
+        }
+        "multipart/form-data" => multer::parse_boundary(raw)
+            .map(BodyKind::Multipart)
+            .map_err(|e| FormError::MalformedMultipart(e.to_string())),
+        // No label, or text/plain (what navigator.sendBeacon and "simple"
+        // CORS posts use): take JSON when it looks like JSON.
+        "" | "text/plain" => {
+            let first = body.iter().find(|b| !b.is_ascii_whitespace());
+            Ok(if first == Some(&b'{') {
+                BodyKind::Json
+            } else {
+                BodyKind::UrlEncoded
+            })
+        }
+        _ => Err(FormError::UnsupportedContentType(essence)),
+    }
+}
+
+/// Decode a form body. Strict where leniency would corrupt a lead (bytes
+/// that are not UTF-8 are refused, not replaced); never panics.
+pub async fn parse_body(content_type: Option<&str>, body: &[u8]) -> Result<ParsedBody, FormError> {
+    let kind = body_kind(content_type, body)?;
+    if body.iter().all(|b| b.is_ascii_whitespace()) {
+        return Err(FormError::EmptyBody);
+    }
+    let parsed = match kind {
+        BodyKind::UrlEncoded => parse_urlencoded(body)?,
+        BodyKind::Json => parse_json(body)?,
+        BodyKind::Multipart(boundary) => parse_multipart(body, boundary).await?,
+    };
+    if parsed.fields.len() + parsed.attachments.len() > MAX_FIELDS {
+        return Err(FormError::TooManyFields);
+    }
+    Ok(parsed)
+}
+
+fn parse_urlencoded(body: &[u8]) -> Result<ParsedBody, FormError> {
+    let mut fields = Vec::new();
+    for pair in body.split(|b| *b == b'&') {
+        if pair.is_empty() {
+            continue;
+        }
+        if fields.len() > MAX_FIELDS {
+            return Err(FormError::TooManyFields);
+        }
+        let (name, value) = match pair.iter().position(|b| *b == b'=') {
+            Some(i) => (&pair[..i], &pair[i + 1..]),
+            None => (pair, &[][..]),
+        };
+        let name = String::from_utf8(percent_decode(name))
+            .map_err(|_| FormError::InvalidUtf8("a field name".into()))?;
+        let value = String::from_utf8(percent_decode(value))
+            .map_err(|_| FormError::InvalidUtf8(format!("field {name:?}")))?;
+        fields.push((name, value));
+    }
+    Ok(ParsedBody {
+        fields,
+        attachments: Vec::new(),
+    })
+}
+
+/// `application/x-www-form-urlencoded` decoding: `+` is a space, `%XX` a
+/// byte; a `%` not followed by two hex digits stays as it is, as browsers do.
+fn percent_decode(input: &[u8]) -> Vec<u8> {
+    fn hex(b: u8) -> Option<u8> {
+        (b as char).to_digit(16).map(|d| d as u8)
+    }
+    let mut out = Vec::with_capacity(input.len());
+    let mut i = 0;
+    while i < input.len() {
+        match input[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < input.len() => match (hex(input[i + 1]), hex(input[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push(h * 16 + l);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    out
+}
+
+fn parse_json(body: &[u8]) -> Result<ParsedBody, FormError> {
+    let text =
+        std::str::from_utf8(body).map_err(|_| FormError::InvalidUtf8("the JSON body".into()))?;
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| FormError::MalformedJson(e.to_string()))?;
+    let serde_json::Value::Object(map) = value else {
+        return Err(FormError::JsonNotObject);
+    };
+    if map.len() > MAX_FIELDS {
+        return Err(FormError::TooManyFields);
+    }
+    let fields = map
+        .into_iter()
+        .filter_map(|(name, value)| {
+            let value = match value {
+                serde_json::Value::Null => return None,
+                serde_json::Value::String(s) => s,
+                serde_json::Value::Bool(b) => b.to_string(),
+                serde_json::Value::Number(n) => n.to_string(),
+                // Checkbox groups and nested blocks: keep them readable.
+                other @ (serde_json::Value::Array(_) | serde_json::Value::Object(_)) => {
+                    other.to_string()
+                }
+            };
+            Some((name, value))
+        })
+        .collect();
+    Ok(ParsedBody {
+        fields,
+        attachments: Vec::new(),
+    })
+}
+
+async fn parse_multipart(body: &[u8], boundary: String) -> Result<ParsedBody, FormError> {
+    let bytes = bytes::Bytes::copy_from_slice(body);
+    let stream = futures_util::stream::once(async move { Ok::<_, std::io::Error>(bytes) });
+    let mut multipart = multer::Multipart::new(stream, boundary);
+    let mut parsed = ParsedBody::default();
+    let malformed = |e: multer::Error| FormError::MalformedMultipart(e.to_string());
+    while let Some(mut field) = multipart.next_field().await.map_err(malformed)? {
+        if parsed.fields.len() + parsed.attachments.len() > MAX_FIELDS {
+            return Err(FormError::TooManyFields);
+        }
+        let name = field.name().unwrap_or("").to_owned();
+        if let Some(file_name) = field.file_name().map(str::to_owned) {
+            let content_type = field.content_type().map(|m| m.essence_str().to_owned());
+            let mut size = 0u64;
+            while let Some(chunk) = field.chunk().await.map_err(malformed)? {
+                size += chunk.len() as u64;
+            }
+            parsed.attachments.push(Attachment {
+                name: Some(file_name),
+                content_type,
+                size,
+            });
+        } else {
+            let data = field.bytes().await.map_err(malformed)?;
+            let value = String::from_utf8(data.to_vec())
+                .map_err(|_| FormError::InvalidUtf8(format!("field {name:?}")))?;
+            parsed.fields.push((name, value));
+        }
+    }
+    Ok(parsed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_decoding_keeps_stray_percent_signs() {
+        assert_eq!(percent_decode(b"a+b%20c"), b"a b c");
+        assert_eq!(percent_decode(b"100%"), b"100%");
+        assert_eq!(percent_decode(b"%zz%4"), b"%zz%4");
+        assert_eq!(percent_decode(b"%D0%AF"), "Я".as_bytes());
+    }
+
+    #[tokio::test]
+    async fn refuses_bytes_that_are_not_utf8() {
+        let err = parse_body(Some("application/x-www-form-urlencoded"), b"name=%FF")
+            .await
+            .unwrap_err();
+        assert_eq!(err, FormError::InvalidUtf8("field \"name\"".into()));
+    }
+
+    #[tokio::test]
+    async fn json_values_become_text() {
+        let body = br#"{"name":"A","age":3,"ok":true,"skip":null,"tags":["x","y"]}"#;
+        let parsed = parse_body(Some("application/json; charset=utf-8"), body)
+            .await
+            .unwrap();
+        assert_eq!(
+            parsed.fields,
+            vec![
+                ("age".into(), "3".into()),
+                ("name".into(), "A".into()),
+                ("ok".into(), "true".into()),
+                ("tags".into(), "[\"x\",\"y\"]".into()),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn unlabelled_bodies_are_sniffed() {
+        let parsed = parse_body(None, b"phone=1").await.unwrap();
+        assert_eq!(parsed.fields, vec![("phone".into(), "1".into())]);
+        let parsed = parse_body(Some("text/plain"), br#" {"phone":"1"}"#)
+            .await
+            .unwrap();
+        assert_eq!(parsed.fields, vec![("phone".into(), "1".into())]);
+    }
+}

@@ -1,0 +1,1 @@
+//! Placeholder until this channel's issue is taken up.

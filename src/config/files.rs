@@ -1,0 +1,549 @@
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use leadgate_connector::ChannelId;
+use leadgate_forms::{FormChannel, FormSettings};
+use regex::Regex;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use toml::Spanned;
+
+use super::{
+    ChannelConfig, ChannelKind, ChannelProtocol, Config, ConfigError, HumanDuration, MainConfig,
+    Problem,
+};
+use crate::routing::{Assignee, Condition, Role, RoutingConfig, Rule, Strategy, TeamConfig, User};
+
+pub const MAIN_FILE: &str = "leadgate.toml";
+pub const CHANNELS_DIR: &str = "channels.d";
+pub const TEAM_FILE: &str = "team.toml";
+pub const ROUTING_FILE: &str = "routing.toml";
+
+/// Collects problems while the files are read, so one run reports them all.
+struct Loader {
+    problems: Vec<Problem>,
+}
+
+/// The text of one file, kept to turn byte spans into line numbers.
+struct Source {
+    path: PathBuf,
+    text: String,
+}
+
+impl Source {
+    fn line_col(&self, offset: usize) -> (usize, usize) {
+        let mut offset = offset.min(self.text.len());
+        while !self.text.is_char_boundary(offset) {
+            offset -= 1;
+        }
+        let before = &self.text[..offset];
+        let line = before.matches('\n').count() + 1;
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        (line, before[line_start..].chars().count() + 1)
+    }
+}
+
+impl Loader {
+    fn problem(&mut self, file: &Path, field: Option<&str>, message: impl Into<String>) {
+        self.problems.push(Problem {
+            file: file.to_owned(),
+            line: None,
+            column: None,
+            field: field.map(str::to_owned),
+            message: message.into(),
+        });
+    }
+
+    fn problem_at(
+        &mut self,
+        src: &Source,
+        span: Range<usize>,
+        field: Option<&str>,
+        message: impl Into<String>,
+    ) {
+        let (line, column) = src.line_col(span.start);
+        self.problems.push(Problem {
+            file: src.path.clone(),
+            line: Some(line),
+            column: Some(column),
+            field: field.map(str::to_owned),
+            message: message.into(),
+        });
+    }
+
+    fn read(&mut self, path: &Path, required: bool) -> Option<Source> {
+        match std::fs::read(path) {
+            Ok(bytes) => match String::from_utf8(bytes) {
+                Ok(text) => Some(Source {
+                    path: path.to_owned(),
+                    text,
+                }),
+                Err(_) => {
+                    self.problem(path, None, "the file is not UTF-8 text");
+                    None
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => None,
+            Err(e) => {
+                self.problem(path, None, format!("cannot read: {e}"));
+                None
+            }
+        }
+    }
+
+    fn parse<T: DeserializeOwned>(&mut self, src: &Source) -> Option<T> {
+        match toml::from_str::<T>(&src.text) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                let message = e.message().trim().to_owned();
+                match e.span() {
+                    Some(span) => self.problem_at(src, span, None, message),
+                    None => self.problem(&src.path, None, message),
+                }
+                None
+            }
+        }
+    }
+}
+
+/// Load and validate the configuration directory.
+pub fn load(dir: &Path) -> Result<Config, ConfigError> {
+    let mut l = Loader {
+        problems: Vec::new(),
+    };
+    if !dir.is_dir() {
+        l.problem(
+            dir,
+            None,
+            "not a directory (pass the folder holding leadgate.toml)",
+        );
+        return Err(ConfigError {
+            problems: l.problems,
+        });
+    }
+    let main = load_main(&mut l, &dir.join(MAIN_FILE));
+    let team = load_team(&mut l, &dir.join(TEAM_FILE));
+    let routing = load_routing(&mut l, &dir.join(ROUTING_FILE), &team);
+    let channels = load_channels(&mut l, &dir.join(CHANNELS_DIR), &team, main.as_ref());
+    if let Some(main) = &main
+        && let Err(e) = super::database_url(&main.database, dir)
+    {
+        l.problem(&dir.join(MAIN_FILE), Some("database"), e);
+    }
+    match (main, l.problems.is_empty()) {
+        (Some(main), true) => Ok(Config {
+            dir: dir.to_owned(),
+            main,
+            channels,
+            team,
+            routing,
+        }),
+        _ => Err(ConfigError {
+            problems: l.problems,
+        }),
+    }
+}
+
+fn load_main(l: &mut Loader, path: &Path) -> Option<MainConfig> {
+    let src = l.read(path, true)?;
+    let from_file: MainConfig = l.parse(&src)?;
+    let overrides: Vec<(String, String)> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("LEADGATE__"))
+        .collect();
+    let main = if overrides.is_empty() {
+        from_file
+    } else {
+        let merged = config::Config::builder()
+            .add_source(config::File::from_str(&src.text, config::FileFormat::Toml))
+            .add_source(
+                config::Environment::with_prefix("LEADGATE")
+                    .prefix_separator("__")
+                    .separator("__")
+                    .try_parsing(true),
+            )
+            .build()
+            .and_then(|c| c.try_deserialize::<MainConfig>());
+        match merged {
+            Ok(m) => m,
+            Err(e) => {
+                let names: Vec<&str> = overrides.iter().map(|(k, _)| k.as_str()).collect();
+                l.problem(
+                    path,
+                    None,
+                    format!("with environment overrides {}: {e}", names.join(", ")),
+                );
+                return None;
+            }
+        }
+    };
+    let p = &main.pipeline;
+    if phone_region(&p.default_region).is_none() {
+        l.problem(
+            path,
+            Some("pipeline.default_region"),
+            format!(
+                "{:?} is not a known ISO 3166 region code (e.g. RU, KZ, BY)",
+                p.default_region
+            ),
+        );
+    }
+    if p.max_batch == 0 {
+        l.problem(path, Some("pipeline.max_batch"), "must be at least 1");
+    }
+    if main.database.max_connections < 2 {
+        l.problem(
+            path,
+            Some("database.max_connections"),
+            "must be at least 2 (one writer, one reader)",
+        );
+    }
+    Some(main)
+}
+
+pub fn phone_region(code: &str) -> Option<phonenumber::country::Id> {
+    code.trim().to_ascii_uppercase().parse().ok()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TeamFile {
+    #[serde(default)]
+    users: BTreeMap<String, User>,
+    #[serde(default)]
+    roles: BTreeMap<String, Spanned<RoleFile>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RoleFile {
+    members: Vec<String>,
+    #[serde(default)]
+    strategy: Strategy,
+}
+
+fn load_team(l: &mut Loader, path: &Path) -> TeamConfig {
+    let Some(src) = l.read(path, false) else {
+        return TeamConfig::default();
+    };
+    let Some(file) = l.parse::<TeamFile>(&src) else {
+        return TeamConfig::default();
+    };
+    let mut roles = BTreeMap::new();
+    for (name, role) in file.roles {
+        let span = role.span();
+        let role = role.into_inner();
+        for member in &role.members {
+            if !file.users.contains_key(member) {
+                l.problem_at(
+                    &src,
+                    span.clone(),
+                    Some(&format!("roles.{name}.members")),
+                    format!("unknown user {member:?} (define it under [users.{member}])"),
+                );
+            }
+        }
+        if role.members.is_empty() {
+            l.problem_at(
+                &src,
+                span.clone(),
+                Some(&format!("roles.{name}.members")),
+                "a role needs at least one member",
+            );
+        }
+        roles.insert(
+            name,
+            Role {
+                members: role.members,
+                strategy: role.strategy,
+            },
+        );
+    }
+    TeamConfig {
+        users: file.users,
+        roles,
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RoutingFile {
+    default: Option<Spanned<String>>,
+    #[serde(default)]
+    rules: Vec<RuleFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleFile {
+    name: Spanned<String>,
+    assign: Spanned<String>,
+    strategy: Option<Strategy>,
+    #[serde(default)]
+    when: BTreeMap<String, Spanned<ConditionFile>>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ConditionFile {
+    Equals(String),
+    Op(OpFile),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OpFile {
+    equals: Option<String>,
+    one_of: Option<Vec<String>>,
+    prefix: Option<String>,
+    regex: Option<String>,
+}
+
+/// Check an assignee string against the team; the problem points at `span`.
+fn check_assignee(
+    l: &mut Loader,
+    src: &Source,
+    span: Range<usize>,
+    field: &str,
+    text: &str,
+    team: &TeamConfig,
+) -> Option<Assignee> {
+    let assignee: Assignee = match text.parse() {
+        Ok(a) => a,
+        Err(e) => {
+            l.problem_at(src, span, Some(field), e);
+            return None;
+        }
+    };
+    let known = match &assignee {
+        Assignee::User(u) => team.users.contains_key(u),
+        Assignee::Role(r) => team.roles.contains_key(r),
+    };
+    if !known {
+        l.problem_at(
+            src,
+            span,
+            Some(field),
+            format!("{assignee} is not defined in {TEAM_FILE}"),
+        );
+        return None;
+    }
+    Some(assignee)
+}
+
+fn load_routing(l: &mut Loader, path: &Path, team: &TeamConfig) -> RoutingConfig {
+    let Some(src) = l.read(path, false) else {
+        return RoutingConfig::default();
+    };
+    let Some(file) = l.parse::<RoutingFile>(&src) else {
+        return RoutingConfig::default();
+    };
+    let default = file
+        .default
+        .and_then(|d| check_assignee(l, &src, d.span(), "default", d.get_ref(), team));
+    let mut rules = Vec::new();
+    let mut names = BTreeMap::new();
+    for (i, rule) in file.rules.into_iter().enumerate() {
+        let name = rule.name.get_ref().clone();
+        let field = format!("rules[{i}] ({name})");
+        if let Some(first) = names.insert(name.clone(), i) {
+            l.problem_at(
+                &src,
+                rule.name.span(),
+                Some(&field),
+                format!("the name is also used by rules[{first}]"),
+            );
+        }
+        let assign = check_assignee(
+            l,
+            &src,
+            rule.assign.span(),
+            &format!("{field}.assign"),
+            rule.assign.get_ref(),
+            team,
+        );
+        let mut when = Vec::new();
+        for (key, cond) in rule.when {
+            let span = cond.span();
+            let cond_field = format!("{field}.when.{key}");
+            match compile_condition(cond.into_inner()) {
+                Ok(c) => when.push((key, c)),
+                Err(e) => l.problem_at(&src, span, Some(&cond_field), e),
+            }
+        }
+        if let Some(assign) = assign {
+            rules.push(Rule {
+                name,
+                when,
+                assign,
+                strategy: rule.strategy,
+            });
+        }
+    }
+    RoutingConfig { default, rules }
+}
+
+fn compile_condition(c: ConditionFile) -> Result<Condition, String> {
+    let op = match c {
+        ConditionFile::Equals(v) => return Ok(Condition::Equals(v)),
+        ConditionFile::Op(op) => op,
+    };
+    let set = [
+        op.equals.is_some(),
+        op.one_of.is_some(),
+        op.prefix.is_some(),
+        op.regex.is_some(),
+    ]
+    .iter()
+    .filter(|s| **s)
+    .count();
+    if set != 1 {
+        return Err("give exactly one of equals, one_of, prefix, regex".into());
+    }
+    if let Some(v) = op.equals {
+        return Ok(Condition::Equals(v));
+    }
+    if let Some(v) = op.one_of {
+        return Ok(Condition::OneOf(v));
+    }
+    if let Some(v) = op.prefix {
+        return Ok(Condition::Prefix(v));
+    }
+    let pattern = op.regex.unwrap_or_default();
+    Regex::new(&pattern)
+        .map(Condition::Regex)
+        .map_err(|e| format!("bad regex: {e}"))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChannelFile {
+    kind: ChannelKind,
+    #[serde(default = "yes")]
+    enabled: bool,
+    #[serde(default = "yes")]
+    lead_source: bool,
+    responsible: Option<Spanned<String>>,
+    dedupe_window: Option<HumanDuration>,
+    activity_window: Option<HumanDuration>,
+    form: Option<FormSettings>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn load_channels(
+    l: &mut Loader,
+    dir: &Path,
+    team: &TeamConfig,
+    main: Option<&MainConfig>,
+) -> Vec<ChannelConfig> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
+        Err(e) => {
+            l.problem(dir, None, format!("cannot read: {e}"));
+            return Vec::new();
+        }
+    };
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    paths.sort();
+    let pipeline = main.map(|m| m.pipeline.clone()).unwrap_or_default();
+    let mut channels = Vec::new();
+    for path in paths {
+        let id = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("")
+            .to_owned();
+        if id.is_empty()
+            || !id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            l.problem(
+                &path,
+                None,
+                "a channel file name (its id) may use only a-z, 0-9, - and _",
+            );
+            continue;
+        }
+        let Some(src) = l.read(&path, true) else {
+            continue;
+        };
+        let Some(file) = l.parse::<ChannelFile>(&src) else {
+            continue;
+        };
+        let responsible = file
+            .responsible
+            .and_then(|r| check_assignee(l, &src, r.span(), "responsible", r.get_ref(), team));
+        let protocol = match file.kind {
+            ChannelKind::Form => {
+                let mut settings = file.form.unwrap_or_default();
+                // Secret files are named relative to the configuration folder.
+                if let (Some(f), Some(base)) = (&settings.api_key_file, dir.parent())
+                    && f.is_relative()
+                {
+                    settings.api_key_file = Some(base.join(f));
+                }
+                if let Err(e) = FormChannel::new(ChannelId(id.clone()), settings.clone()) {
+                    l.problem(&path, Some("form"), e);
+                }
+                ChannelProtocol::Form(settings)
+            }
+            other => {
+                if file.form.is_some() {
+                    l.problem(
+                        &path,
+                        Some("form"),
+                        format!(
+                            "a [form] table belongs to kind = \"form\", not {:?}",
+                            other.as_str()
+                        ),
+                    );
+                }
+                l.problem(
+                    &path,
+                    Some("kind"),
+                    format!(
+                        "channel kind {:?} is not available in this version of leadgate",
+                        other.as_str()
+                    ),
+                );
+                continue;
+            }
+        };
+        channels.push(ChannelConfig {
+            id: ChannelId(id),
+            kind: file.kind,
+            file: path.clone(),
+            enabled: file.enabled,
+            lead_source: file.lead_source,
+            responsible,
+            dedupe_window: file.dedupe_window.unwrap_or(pipeline.dedupe_window),
+            activity_window: file.activity_window.unwrap_or(pipeline.activity_window),
+            protocol,
+        });
+    }
+    channels
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_and_column_count_from_one() {
+        let src = Source {
+            path: "x".into(),
+            text: "a = 1\nbé = 2\n".into(),
+        };
+        assert_eq!(src.line_col(0), (1, 1));
+        assert_eq!(src.line_col(6), (2, 1));
+        assert_eq!(src.line_col(9), (2, 3));
+    }
+}

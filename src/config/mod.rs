@@ -1,0 +1,303 @@
+//! Configuration: one main file, one file per channel, the team and the
+//! routing rules, all TOML in one directory:
+//!
+//! ```text
+//! leadgate.toml        database, HTTP listener, logging, pipeline defaults
+//! channels.d/*.toml    one channel per file; the file name is the channel id
+//! team.toml            users and roles
+//! routing.toml         ordered routing rules and the global default
+//! ```
+//!
+//! Loading is all-or-nothing and reports every problem at once, each with
+//! the file, the line where the TOML parser knows it, and the field, so
+//! `leadgate check` works like `nginx -t`. Environment variables
+//! `LEADGATE__SECTION__KEY` override the main file.
+
+mod duration;
+mod files;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use leadgate_connector::{ChannelId, Secret};
+use leadgate_forms::FormSettings;
+use serde::Deserialize;
+
+pub use duration::HumanDuration;
+pub use files::{load, phone_region};
+
+use crate::routing::{Assignee, RoutingConfig, TeamConfig};
+
+/// Where the packaged daemon keeps its database when the main file names
+/// none.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite:///var/lib/leadgate/leadgate.db";
+
+/// One problem in the configuration, located as precisely as known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    pub field: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+            if let Some(col) = self.column {
+                write!(f, ":{col}")?;
+            }
+        }
+        f.write_str(": ")?;
+        if let Some(field) = &self.field {
+            write!(f, "{field}: ")?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// Every problem found while loading; the configuration is unusable if there
+/// is at least one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The whole validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub dir: PathBuf,
+    pub main: MainConfig,
+    pub channels: Vec<ChannelConfig>,
+    pub team: TeamConfig,
+    pub routing: RoutingConfig,
+}
+
+impl Config {
+    pub fn channel(&self, id: &str) -> Option<&ChannelConfig> {
+        self.channels.iter().find(|c| c.id.as_str() == id)
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MainConfig {
+    pub database: DatabaseConfig,
+    pub http: HttpConfig,
+    pub log: LogConfig,
+    pub pipeline: PipelineConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// `sqlite://path/to/file.db` (relative to the working directory) or
+    /// `postgres://user@host/db`. May carry a password: never logged.
+    pub url: Option<Secret>,
+    /// Read the URL from this file instead (for passwords).
+    pub url_file: Option<PathBuf>,
+    pub max_connections: u32,
+    /// How long a request waits for a database connection before the store
+    /// counts as unavailable (webhooks then answer 503).
+    pub acquire_timeout: HumanDuration,
+    /// SQLite `synchronous`: `full` (default: a commit survives power loss)
+    /// or `normal` (survives a process crash; faster).
+    pub sqlite_synchronous: SqliteSynchronous,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            url: None,
+            url_file: None,
+            max_connections: 8,
+            acquire_timeout: HumanDuration(std::time::Duration::from_secs(3)),
+            sqlite_synchronous: SqliteSynchronous::Full,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SqliteSynchronous {
+    #[default]
+    Full,
+    Normal,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address for webhooks, forms, `/healthz`, `/readyz`.
+    pub listen: SocketAddr,
+    /// Longest time a client may take to send a request's headers and body.
+    pub request_timeout: HumanDuration,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            request_timeout: HumanDuration(std::time::Duration::from_secs(30)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `auto` (pretty on a terminal, plain otherwise), `pretty`, `plain`
+    /// (no colours: journald), or `json`.
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info` or `leadgate=debug,info`; the
+    /// `RUST_LOG` variable wins when set.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Auto,
+            level: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Auto,
+    Pretty,
+    Plain,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineConfig {
+    /// Region for phone numbers written without a country code (ISO 3166
+    /// alpha-2).
+    pub default_region: String,
+    /// A message from a contact with an open lead on the same channel
+    /// created within this window joins that lead as an activity.
+    pub activity_window: HumanDuration,
+    /// Posts without a provider id whose normalized content repeats an
+    /// earlier one within this window are duplicates (double clicks).
+    pub dedupe_window: HumanDuration,
+    /// Most items committed in one transaction.
+    pub max_batch: usize,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            default_region: "RU".into(),
+            activity_window: HumanDuration(std::time::Duration::from_secs(30 * 86_400)),
+            dedupe_window: HumanDuration(std::time::Duration::from_secs(600)),
+            max_batch: 512,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChannelKind {
+    Form,
+    Imap,
+    Telegram,
+    Vk,
+    Telephony,
+}
+
+impl ChannelKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChannelKind::Form => "form",
+            ChannelKind::Imap => "imap",
+            ChannelKind::Telegram => "telegram",
+            ChannelKind::Vk => "vk",
+            ChannelKind::Telephony => "telephony",
+        }
+    }
+}
+
+/// A channel as the pipeline sees it; the protocol settings go to its
+/// connector.
+#[derive(Debug, Clone)]
+pub struct ChannelConfig {
+    pub id: ChannelId,
+    pub kind: ChannelKind,
+    pub file: PathBuf,
+    pub enabled: bool,
+    /// Whether this channel's messages become leads; when false they are
+    /// recorded with disposition `not_lead_source`.
+    pub lead_source: bool,
+    /// Who gets the channel's leads when no routing rule matches.
+    pub responsible: Option<Assignee>,
+    pub dedupe_window: HumanDuration,
+    pub activity_window: HumanDuration,
+    pub protocol: ChannelProtocol,
+}
+
+#[derive(Debug, Clone)]
+pub enum ChannelProtocol {
+    Form(FormSettings),
+}
+
+/// Resolve the database URL: `url`, else `url_file`, else the packaged
+/// default.
+pub fn database_url(db: &DatabaseConfig, dir: &Path) -> Result<Secret, String> {
+    match (&db.url, &db.url_file) {
+        (Some(_), Some(_)) => Err("set only one of `url` and `url_file`".into()),
+        (Some(url), None) => Ok(url.clone()),
+        (None, Some(file)) => {
+            let path = if file.is_relative() {
+                dir.join(file)
+            } else {
+                file.clone()
+            };
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| format!("`url_file`: cannot read {}: {e}", path.display()))?;
+            Ok(Secret::new(text.trim()))
+        }
+        (None, None) => Ok(Secret::new(DEFAULT_DATABASE_URL)),
+    }
+}
+
+/// Fields the admin may use in routing rules beyond custom form fields.
+pub fn known_lead_fields() -> BTreeMap<&'static str, &'static str> {
+    BTreeMap::from([
+        ("channel", "the channel id"),
+        (
+            "kind",
+            "the channel kind (form, imap, telegram, vk, telephony)",
+        ),
+        ("name", "the sender's name"),
+        ("phone", "the first phone, E.164"),
+        ("email", "the first e-mail, lower case"),
+        ("product", "product named by the form or message"),
+        ("region", "region or city"),
+        ("text", "the message text"),
+        ("subject", "the subject line"),
+    ])
+}

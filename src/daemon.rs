@@ -1,0 +1,108 @@
+//! `leadgate run`: wire configuration, store, pipeline and connectors
+//! together, and stop without losing what was acknowledged.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use leadgate_forms::{FormChannel, FormsState};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{self, ChannelKind, ChannelProtocol, Config};
+use crate::pipeline::{Pipeline, PipelineSettings};
+use crate::store::{self, Store};
+
+pub fn form_channels(config: &Config) -> Vec<FormChannel> {
+    config
+        .channels
+        .iter()
+        .filter(|c| c.enabled && c.kind == ChannelKind::Form)
+        .filter_map(|c| match &c.protocol {
+            ChannelProtocol::Form(settings) => {
+                FormChannel::new(c.id.clone(), settings.clone()).ok()
+            }
+        })
+        .collect()
+}
+
+pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
+    let url =
+        config::database_url(&config.main.database, &config.dir).map_err(anyhow::Error::msg)?;
+    let store = Store::connect(&url, &config.main.database)
+        .await
+        .with_context(|| format!("cannot open {}", store::describe_url(&url)))?;
+    store
+        .migrate()
+        .await
+        .with_context(|| format!("cannot migrate {}", store::describe_url(&url)))?;
+    Ok(store)
+}
+
+pub async fn run(config_dir: &Path, config: Config) -> anyhow::Result<()> {
+    let store = open_store(&config).await?;
+    let url =
+        config::database_url(&config.main.database, &config.dir).map_err(anyhow::Error::msg)?;
+    let (writer, writer_task) = store::spawn_writer(store.clone(), config.main.pipeline.max_batch);
+    let pipeline = Arc::new(Pipeline::new(
+        PipelineSettings::from_config(&config),
+        writer,
+    ));
+    let forms = FormsState::new(pipeline.clone(), form_channels(&config));
+
+    let listener = tokio::net::TcpListener::bind(config.main.http.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.main.http.listen))?;
+    let app = crate::server::app(store.clone(), vec![leadgate_forms::router(forms.clone())]);
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(crate::server::serve(
+        listener,
+        app,
+        config.main.http.request_timeout.0,
+        shutdown.clone(),
+    ));
+    tracing::info!(
+        listen = %config.main.http.listen,
+        store = %store::describe_url(&url),
+        channels = config.channels.iter().filter(|c| c.enabled).count(),
+        "leadgate running"
+    );
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => match config::load(config_dir) {
+                Ok(new) => {
+                    pipeline.replace_settings(PipelineSettings::from_config(&new));
+                    forms.set_channels(form_channels(&new));
+                    tracing::info!(channels = new.channels.len(), "configuration reloaded");
+                }
+                Err(e) => {
+                    for p in &e.problems {
+                        tracing::error!(problem = %p, "reload rejected; the running configuration stays");
+                    }
+                }
+            },
+        }
+    }
+
+    tracing::info!("shutting down: finishing requests in flight");
+    shutdown.cancel();
+    match server.await {
+        Ok(Err(e)) => tracing::error!(error = %e, "HTTP server stopped with an error"),
+        Err(e) => tracing::error!(error = %e, "HTTP server task failed"),
+        Ok(Ok(())) => {}
+    }
+    // The last handles go with the pipeline; the writer drains its queue,
+    // commits, and ends.
+    drop(forms);
+    drop(pipeline);
+    writer_task.await.ok();
+    store.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}

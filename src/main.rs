@@ -1,0 +1,194 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use leadgate::config::{self, Config};
+use leadgate::{daemon, logging};
+
+/// Omnichannel lead ingestion: channels in, normalized routed leads out.
+#[derive(Parser)]
+#[command(name = "leadgate", version)]
+struct Cli {
+    /// Configuration directory (leadgate.toml, channels.d/, team.toml,
+    /// routing.toml).
+    #[arg(
+        long,
+        short,
+        global = true,
+        env = "LEADGATE_CONFIG",
+        default_value = "/etc/leadgate"
+    )]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon.
+    Run,
+    /// Validate the configuration and exit (non-zero on any problem).
+    Check,
+    /// Create or upgrade the database schema and exit.
+    Migrate,
+    /// Show the most recent leads.
+    Leads {
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+    },
+    /// Tell why an inbound message did or did not become a lead, and who got
+    /// it by which rule.
+    Explain {
+        /// The inbound id (the `id` a webhook answer carries).
+        inbound_id: i64,
+    },
+}
+
+fn load(dir: &std::path::Path) -> Result<Config, ExitCode> {
+    config::load(dir).map_err(|e| {
+        eprintln!(
+            "leadgate: configuration in {} has {} problem(s):",
+            dir.display(),
+            e.problems.len()
+        );
+        eprintln!("{e}");
+        ExitCode::from(2)
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match load(&cli.config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    if let Command::Check = cli.command {
+        let forms = config
+            .channels
+            .iter()
+            .filter(|c| c.kind == config::ChannelKind::Form)
+            .count();
+        println!(
+            "configuration OK: {} channel(s) ({forms} form), {} user(s), {} role(s), {} routing rule(s)",
+            config.channels.len(),
+            config.team.users.len(),
+            config.team.roles.len(),
+            config.routing.rules.len()
+        );
+        return ExitCode::SUCCESS;
+    }
+    logging::init(&config.main.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("leadgate: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Run => daemon::run(&cli.config, config).await,
+            Command::Migrate => daemon::open_store(&config)
+                .await
+                .map(|_| println!("schema up to date")),
+            Command::Leads { limit } => leads(&config, limit).await,
+            Command::Explain { inbound_id } => explain(&config, inbound_id).await,
+            Command::Check => Ok(()),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("leadgate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn leads(config: &Config, limit: i64) -> anyhow::Result<()> {
+    let store = daemon::open_store(config).await?;
+    let rows = store.recent_leads(limit).await?;
+    println!(
+        "{:>6}  {:<19}  {:<12}  {:<24}  {:<14}  {:<28}  {:<16}  {:<11}  by",
+        "id", "created (UTC)", "channel", "name", "phone", "email", "assignee", "status"
+    );
+    for r in rows {
+        let assignee = r
+            .assignee_user
+            .clone()
+            .or_else(|| r.assignee_role.as_ref().map(|x| format!("role:{x}")))
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "{:>6}  {:<19}  {:<12}  {:<24}  {:<14}  {:<28}  {:<16}  {:<11}  {}",
+            r.id,
+            r.created_at.format("%Y-%m-%d %H:%M:%S"),
+            clip(&r.channel, 12),
+            clip(r.name.as_deref().unwrap_or("-"), 24),
+            clip(r.phone.as_deref().unwrap_or("-"), 14),
+            clip(r.email.as_deref().unwrap_or("-"), 28),
+            clip(&assignee, 16),
+            r.status,
+            r.assigned_by
+        );
+    }
+    Ok(())
+}
+
+fn clip(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_owned()
+    } else {
+        let mut out: String = s.chars().take(n - 1).collect();
+        out.push('…');
+        out
+    }
+}
+
+async fn explain(config: &Config, inbound_id: i64) -> anyhow::Result<()> {
+    let store = daemon::open_store(config).await?;
+    let Some(e) = store.explain(inbound_id).await? else {
+        anyhow::bail!("no inbound message with id {inbound_id}");
+    };
+    println!(
+        "inbound #{} on channel {} ({})",
+        e.inbound_id, e.channel, e.kind
+    );
+    println!("  source ref:  {}", e.source_ref);
+    println!(
+        "  received:    {}",
+        e.received_at.format("%Y-%m-%d %H:%M:%S UTC")
+    );
+    println!(
+        "  sender:      {}",
+        if e.sender.is_empty() {
+            "-".into()
+        } else {
+            e.sender.join(", ")
+        }
+    );
+    println!("  disposition: {}", e.disposition);
+    if let Some(reason) = &e.reason {
+        println!("  why:         {reason}");
+    }
+    match &e.lead {
+        None => println!("  lead:        none"),
+        Some((id, user, role, by, note, status)) => {
+            println!("  lead:        #{id} ({status})");
+            let who = match (user, role) {
+                (Some(u), Some(r)) => format!("{u} (role {r})"),
+                (Some(u), None) => u.clone(),
+                (None, Some(r)) => format!("role {r}, no member picked"),
+                (None, None) => "nobody".into(),
+            };
+            println!("  assigned to: {who}");
+            println!("  assigned by: {by}");
+            if let Some(note) = note {
+                println!("  routing:     {note}");
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,254 @@
+//! Storage: SQLite (embedded default) or PostgreSQL, one schema, one set of
+//! statements. See `docs/schema.md` for the table contract.
+
+mod tx;
+mod writer;
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use leadgate_connector::{CursorUpdate, Secret};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{PgPool, Row, SqlitePool};
+
+pub use writer::{WriterHandle, spawn as spawn_writer};
+
+use crate::config::{DatabaseConfig, SqliteSynchronous as SyncSetting};
+
+/// Run `$body` with `$pool` bound to whichever pool the store has; the body
+/// is compiled once per database, written once.
+macro_rules! on_pool {
+    ($store:expr, $pool:ident => $body:expr) => {
+        match $store {
+            $crate::store::Store::Sqlite($pool) => $body,
+            $crate::store::Store::Postgres($pool) => $body,
+        }
+    };
+}
+pub(crate) use on_pool;
+
+#[derive(Clone, Debug)]
+pub enum Store {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database URL must start with sqlite:// or postgres://")]
+    UnknownScheme,
+    #[error("cannot create the database directory {0}: {1}")]
+    Directory(String, std::io::Error),
+    #[error("database: {0}")]
+    Sql(#[from] sqlx::Error),
+    #[error("migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+/// A lead as `leadgate leads` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeadRow {
+    pub id: i64,
+    pub created_at: DateTime<Utc>,
+    pub channel: String,
+    pub name: Option<String>,
+    pub phone: Option<String>,
+    pub email: Option<String>,
+    pub product: Option<String>,
+    pub assignee_user: Option<String>,
+    pub assignee_role: Option<String>,
+    pub assigned_by: String,
+    pub status: String,
+}
+
+/// Everything `leadgate explain` tells about one inbound.
+#[derive(Debug, Clone)]
+pub struct Explanation {
+    pub inbound_id: i64,
+    pub channel: String,
+    pub kind: String,
+    pub source_ref: String,
+    pub received_at: DateTime<Utc>,
+    pub disposition: String,
+    pub reason: Option<String>,
+    pub sender: Vec<String>,
+    pub lead: Option<(
+        i64,
+        Option<String>,
+        Option<String>,
+        String,
+        Option<String>,
+        String,
+    )>,
+}
+
+impl Store {
+    /// Connect (creating an SQLite file and its directory when missing).
+    /// Does not migrate.
+    pub async fn connect(url: &Secret, db: &DatabaseConfig) -> Result<Store, StoreError> {
+        let url = url.expose();
+        if url.starts_with("sqlite:") {
+            let opts = SqliteConnectOptions::from_str(url)?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(match db.sqlite_synchronous {
+                    SyncSetting::Full => SqliteSynchronous::Full,
+                    SyncSetting::Normal => SqliteSynchronous::Normal,
+                })
+                .busy_timeout(Duration::from_secs(5))
+                .foreign_keys(true);
+            if let Some(dir) = opts.get_filename().parent()
+                && !dir.as_os_str().is_empty()
+                && !dir.exists()
+            {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| StoreError::Directory(dir.display().to_string(), e))?;
+            }
+            let pool = SqlitePoolOptions::new()
+                .max_connections(db.max_connections)
+                .acquire_timeout(db.acquire_timeout.0)
+                .connect_with(opts)
+                .await?;
+            Ok(Store::Sqlite(pool))
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            let pool = PgPoolOptions::new()
+                .max_connections(db.max_connections)
+                .acquire_timeout(db.acquire_timeout.0)
+                .connect(url)
+                .await?;
+            Ok(Store::Postgres(pool))
+        } else {
+            Err(StoreError::UnknownScheme)
+        }
+    }
+
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Store::Sqlite(_) => "sqlite",
+            Store::Postgres(_) => "postgres",
+        }
+    }
+
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(pool) => sqlx::migrate!("migrations/sqlite").run(pool).await?,
+            Store::Postgres(pool) => sqlx::migrate!("migrations/postgres").run(pool).await?,
+        }
+        Ok(())
+    }
+
+    /// Whether the database answers now (for `/readyz`).
+    pub async fn ping(&self) -> bool {
+        on_pool!(self, pool => sqlx::query("SELECT 1").execute(pool).await.is_ok())
+    }
+
+    pub async fn close(&self) {
+        on_pool!(self, pool => pool.close().await)
+    }
+
+    /// The saved cursors of a channel.
+    pub async fn cursors(&self, channel: &str) -> Result<Vec<CursorUpdate>, StoreError> {
+        on_pool!(self, pool => {
+            let rows = sqlx::query("SELECT cursor_key, value FROM channel_state WHERE channel_id = $1 ORDER BY cursor_key")
+                .bind(channel)
+                .fetch_all(pool)
+                .await?;
+            rows.iter()
+                .map(|r| Ok(CursorUpdate { key: r.try_get(0)?, value: r.try_get(1)? }))
+                .collect()
+        })
+    }
+
+    pub async fn recent_leads(&self, limit: i64) -> Result<Vec<LeadRow>, StoreError> {
+        on_pool!(self, pool => {
+            let rows = sqlx::query(
+                "SELECT id, created_at, channel_id, name, phone, email, product, assignee_user, assignee_role, \
+                 assigned_by, status FROM leads ORDER BY id DESC LIMIT $1",
+            )
+            .bind(limit)
+            .fetch_all(pool)
+            .await?;
+            rows.iter()
+                .map(|r| {
+                    Ok(LeadRow {
+                        id: r.try_get(0)?,
+                        created_at: r.try_get(1)?,
+                        channel: r.try_get(2)?,
+                        name: r.try_get(3)?,
+                        phone: r.try_get(4)?,
+                        email: r.try_get(5)?,
+                        product: r.try_get(6)?,
+                        assignee_user: r.try_get(7)?,
+                        assignee_role: r.try_get(8)?,
+                        assigned_by: r.try_get(9)?,
+                        status: r.try_get(10)?,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    pub async fn explain(&self, inbound_id: i64) -> Result<Option<Explanation>, StoreError> {
+        on_pool!(self, pool => {
+            let Some(r) = sqlx::query(
+                "SELECT id, channel_id, channel_kind, source_ref, received_at, disposition, reason, lead_id, \
+                 sender_name, sender_phone, sender_email FROM inbound_messages WHERE id = $1",
+            )
+            .bind(inbound_id)
+            .fetch_optional(pool)
+            .await?
+            else {
+                return Ok(None);
+            };
+            let lead_id: Option<i64> = r.try_get(7)?;
+            let sender = [8, 9, 10]
+                .iter()
+                .filter_map(|i| r.try_get::<Option<String>, _>(*i).ok().flatten())
+                .collect();
+            let lead = match lead_id {
+                None => None,
+                Some(id) => sqlx::query(
+                    "SELECT id, assignee_user, assignee_role, assigned_by, routing_note, status FROM leads WHERE id = $1",
+                )
+                .bind(id)
+                .fetch_optional(pool)
+                .await?
+                .map(|l| -> sqlx::Result<_> {
+                    Ok((l.try_get(0)?, l.try_get(1)?, l.try_get(2)?, l.try_get(3)?, l.try_get(4)?, l.try_get(5)?))
+                })
+                .transpose()?,
+            };
+            Ok(Some(Explanation {
+                inbound_id: r.try_get(0)?,
+                channel: r.try_get(1)?,
+                kind: r.try_get(2)?,
+                source_ref: r.try_get(3)?,
+                received_at: r.try_get(4)?,
+                disposition: r.try_get(5)?,
+                reason: r.try_get(6)?,
+                sender,
+                lead,
+            }))
+        })
+    }
+}
+
+/// Where an SQLite URL points, for messages.
+pub fn describe_url(url: &Secret) -> String {
+    let u = url.expose();
+    match u.split_once("://") {
+        Some(("sqlite", path)) => format!(
+            "sqlite {}",
+            Path::new(path.split('?').next().unwrap_or(path)).display()
+        ),
+        Some((scheme, rest)) => {
+            // Never print credentials: keep host and database only.
+            let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+            format!("{scheme}://{}", host.split('?').next().unwrap_or(host))
+        }
+        None => "database".into(),
+    }
+}
