@@ -175,17 +175,17 @@ async fn explain(config: &Config, inbound_id: i64) -> anyhow::Result<()> {
     }
     match &e.lead {
         None => println!("  lead:        none"),
-        Some((id, user, role, by, note, status)) => {
-            println!("  lead:        #{id} ({status})");
-            let who = match (user, role) {
+        Some(lead) => {
+            println!("  lead:        #{} ({})", lead.id, lead.status);
+            let who = match (&lead.assignee_user, &lead.assignee_role) {
                 (Some(u), Some(r)) => format!("{u} (role {r})"),
                 (Some(u), None) => u.clone(),
                 (None, Some(r)) => format!("role {r}, no member picked"),
                 (None, None) => "nobody".into(),
             };
             println!("  assigned to: {who}");
-            println!("  assigned by: {by}");
-            if let Some(note) = note {
+            println!("  assigned by: {}", lead.assigned_by);
+            if let Some(note) = &lead.routing_note {
                 println!("  routing:     {note}");
             }
         }

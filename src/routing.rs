@@ -266,12 +266,13 @@ mod tests {
     #[test]
     fn first_matching_rule_wins_and_fallbacks_apply_in_order() {
         let r = routing();
-        let table: Vec<(
+        type Case = (
             Vec<(&'static str, &'static str)>,
-            Option<&str>,
-            &str,
+            Option<&'static str>,
+            &'static str,
             AssignedBy,
-        )> = vec![
+        );
+        let table: Vec<Case> = vec![
             (
                 vec![("region", "казань")],
                 None,

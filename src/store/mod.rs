@@ -75,14 +75,18 @@ pub struct Explanation {
     pub disposition: String,
     pub reason: Option<String>,
     pub sender: Vec<String>,
-    pub lead: Option<(
-        i64,
-        Option<String>,
-        Option<String>,
-        String,
-        Option<String>,
-        String,
-    )>,
+    pub lead: Option<ExplainedLead>,
+}
+
+/// The lead an explained inbound created or joined.
+#[derive(Debug, Clone)]
+pub struct ExplainedLead {
+    pub id: i64,
+    pub assignee_user: Option<String>,
+    pub assignee_role: Option<String>,
+    pub assigned_by: String,
+    pub routing_note: Option<String>,
+    pub status: String,
 }
 
 impl Store {
@@ -217,7 +221,14 @@ impl Store {
                 .fetch_optional(pool)
                 .await?
                 .map(|l| -> sqlx::Result<_> {
-                    Ok((l.try_get(0)?, l.try_get(1)?, l.try_get(2)?, l.try_get(3)?, l.try_get(4)?, l.try_get(5)?))
+                    Ok(ExplainedLead {
+                        id: l.try_get(0)?,
+                        assignee_user: l.try_get(1)?,
+                        assignee_role: l.try_get(2)?,
+                        assigned_by: l.try_get(3)?,
+                        routing_note: l.try_get(4)?,
+                        status: l.try_get(5)?,
+                    })
                 })
                 .transpose()?,
             };

@@ -1,5 +1,3 @@
-use std::time::Duration;
-
 use leadgate_connector::{ChannelId, Secret, SecretSource};
 use serde::Deserialize;
 
@@ -93,10 +91,5 @@ impl FormChannel {
             settings,
             api_key,
         })
-    }
-
-    pub fn rate_period(&self) -> Option<Duration> {
-        (self.settings.rate_limit_per_minute > 0)
-            .then(|| Duration::from_secs(60) / self.settings.rate_limit_per_minute)
     }
 }

@@ -31,9 +31,11 @@ struct LiveChannel {
 
 /// Shared state of the forms endpoint. Channels can be replaced at run time
 /// (config reload) without rebuilding the router.
+type ChannelTable = Arc<HashMap<String, Arc<LiveChannel>>>;
+
 #[derive(Clone)]
 pub struct FormsState {
-    channels: Arc<RwLock<Arc<HashMap<String, Arc<LiveChannel>>>>>,
+    channels: Arc<RwLock<ChannelTable>>,
     sink: Arc<dyn Sink>,
 }
 
@@ -53,20 +55,13 @@ impl FormsState {
         let map = channels
             .into_iter()
             .map(|channel| {
-                let limiter = channel
-                    .settings
-                    .rate_limit_per_minute
-                    .try_into()
-                    .ok()
-                    .and_then(|per_minute: u32| {
-                        let per_minute = NonZeroU32::new(per_minute)?;
+                let limiter =
+                    NonZeroU32::new(channel.settings.rate_limit_per_minute).map(|per_minute| {
                         // A burst of a fifth of the minute's allowance lets a
                         // person retry a couple of times without a 429.
                         let burst =
                             NonZeroU32::new((per_minute.get() / 5).max(3)).unwrap_or(per_minute);
-                        Some(RateLimiter::keyed(
-                            Quota::per_minute(per_minute).allow_burst(burst),
-                        ))
+                        RateLimiter::keyed(Quota::per_minute(per_minute).allow_burst(burst))
                     });
                 (
                     channel.id.0.clone(),
