@@ -101,6 +101,7 @@ pub fn html_to_text(html: &str) -> String {
         let Some(gt) = rest.find('>') else {
             break;
         };
+        let closing = rest[1..gt].starts_with('/');
         let tag = rest[1..gt].trim_start_matches('/').to_ascii_lowercase();
         let tag_name = tag
             .split(|c: char| c.is_whitespace() || c == '/')
@@ -108,7 +109,7 @@ pub fn html_to_text(html: &str) -> String {
             .unwrap_or("");
         rest = &rest[gt + 1..];
         match tag_name {
-            "script" | "style" if !rest.is_empty() => {
+            "script" | "style" if !closing => {
                 let close = format!("</{tag_name}");
                 let end = rest.to_ascii_lowercase().find(&close).unwrap_or(rest.len());
                 rest = &rest[end..];
