@@ -122,6 +122,8 @@ pub fn load(dir: &Path) -> Result<Config, ConfigError> {
             problems: l.problems,
         });
     }
+    // Secret files (`*_file`) are named relative to the configuration folder.
+    leadgate_connector::set_secret_base_dir(dir);
     let main = load_main(&mut l, &dir.join(MAIN_FILE));
     let team = load_team(&mut l, &dir.join(TEAM_FILE));
     let routing = load_routing(&mut l, &dir.join(ROUTING_FILE), &team);
@@ -483,29 +485,13 @@ fn load_channels(
             .and_then(|r| check_assignee(l, &src, r.span(), "responsible", r.get_ref(), team));
         let protocol = match file.kind {
             ChannelKind::Form => {
-                let mut settings = file.form.unwrap_or_default();
-                // Secret files are named relative to the configuration folder.
-                if let (Some(f), Some(base)) = (&settings.api_key_file, dir.parent())
-                    && f.is_relative()
-                {
-                    settings.api_key_file = Some(base.join(f));
-                }
+                let settings = file.form.clone().unwrap_or_default();
                 if let Err(e) = FormChannel::new(ChannelId(id.clone()), settings.clone()) {
                     l.problem(&path, Some("form"), e);
                 }
                 ChannelProtocol::Form(settings)
             }
             other => {
-                if file.form.is_some() {
-                    l.problem(
-                        &path,
-                        Some("form"),
-                        format!(
-                            "a [form] table belongs to kind = \"form\", not {:?}",
-                            other.as_str()
-                        ),
-                    );
-                }
                 l.problem(
                     &path,
                     Some("kind"),
@@ -517,6 +503,20 @@ fn load_channels(
                 continue;
             }
         };
+        let tables = [("form", file.form.is_some(), ChannelKind::Form)];
+        for (table, present, owner) in tables {
+            if present && owner != file.kind {
+                l.problem(
+                    &path,
+                    Some(table),
+                    format!(
+                        "a [{table}] table belongs to kind = {:?}, not {:?}",
+                        owner.as_str(),
+                        file.kind.as_str()
+                    ),
+                );
+            }
+        }
         channels.push(ChannelConfig {
             id: ChannelId(id),
             kind: file.kind,

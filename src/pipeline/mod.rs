@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use leadgate_connector::{
-    Attachment, Batch, BoxFuture, Dedupe, Disposition, IdentityKind, Inbound, Receipt, Sink,
-    SinkError, fields,
+    Attachment, Batch, BoxFuture, CallDirection, Dedupe, Disposition, IdentityKind, Inbound,
+    Receipt, Sink, SinkError, fields,
 };
 use sha2::{Digest, Sha256};
 
@@ -184,8 +184,25 @@ pub fn prepare(inbound: Inbound, settings: &PipelineSettings) -> Result<Prepared
         .filter(|(_, v)| !v.is_empty())
         .collect();
     normalize::lift_utm(&mut fields_map);
+    if let Some(line) = fields_map.get_mut(fields::CALLED_LINE)
+        && let Some(e164) = normalize::phone(line, settings.region)
+    {
+        *line = e164;
+    }
 
-    let verdict = classify(&inbound.flags, rules.lead_source, inbound.channel.as_str());
+    let verdict =
+        classify(&inbound.flags, rules.lead_source, inbound.channel.as_str()).or_else(|| {
+            inbound
+                .call
+                .as_ref()
+                .filter(|c| c.direction == CallDirection::Internal)
+                .map(|c| {
+                    (
+                        Disposition::InternalCall,
+                        format!("call {} is between extensions", c.call_id),
+                    )
+                })
+        });
     let content_key = matches!(inbound.dedupe, Dedupe::ContentWithinWindow)
         .then(|| content_key(&name, &identities, &text, &inbound.subject, &fields_map));
 

@@ -8,6 +8,16 @@ use chrono::{DateTime, Utc};
 use sqlx::Row;
 use sqlx::types::Json;
 
+use crate::calls::{CallRecord, direction_str, parse_direction};
+
+/// A call as stored, with the lead it belongs to.
+pub struct StoredCall {
+    pub id: i64,
+    pub lead: Option<i64>,
+    pub contact: Option<i64>,
+    pub record: CallRecord,
+}
+
 /// A new row of `leads`.
 pub struct NewLead<'a> {
     pub now: DateTime<Utc>,
@@ -24,6 +34,7 @@ pub struct NewLead<'a> {
     pub product: Option<&'a str>,
     pub region: Option<&'a str>,
     pub utm: [Option<&'a str>; 5],
+    pub called_line: Option<&'a str>,
     pub fields: serde_json::Value,
     pub assignee_user: Option<&'a str>,
     pub assignee_role: Option<&'a str>,
@@ -117,6 +128,39 @@ pub trait Tx: Send {
         value: &str,
         now: DateTime<Utc>,
     ) -> impl Future<Output = R<()>> + Send;
+    fn find_call(
+        &mut self,
+        channel: &str,
+        call_id: &str,
+    ) -> impl Future<Output = R<Option<StoredCall>>> + Send;
+    fn insert_call(
+        &mut self,
+        channel: &str,
+        call_id: &str,
+        call: &StoredCall,
+        client_phone: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = R<i64>> + Send;
+    fn update_call(
+        &mut self,
+        call: &StoredCall,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = R<()>> + Send;
+    fn set_lead_missed(
+        &mut self,
+        lead: i64,
+        missed: bool,
+        wait_seconds: Option<i32>,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = R<()>> + Send;
+    /// A callback reached the contact: their missed leads are handled.
+    fn clear_missed(
+        &mut self,
+        contact: i64,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = R<()>> + Send;
+    /// The contact's most relevant lead: the newest open one, else the newest.
+    fn latest_lead_of(&mut self, contact: i64) -> impl Future<Output = R<Option<i64>>> + Send;
 }
 
 macro_rules! impl_tx {
@@ -229,9 +273,9 @@ macro_rules! impl_tx {
                     "INSERT INTO leads (created_at, updated_at, last_activity_at, channel_id, channel_kind, \
                      source_ref, contact_id, name, phone, email, messenger, subject, message, product, region, \
                      utm_source, utm_medium, utm_campaign, utm_term, utm_content, fields, assignee_user, \
-                     assignee_role, assigned_by, routing_note) \
+                     assignee_role, assigned_by, routing_note, called_line) \
                      VALUES ($1, $1, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
-                     $17, $18, $19, $20, $21, $22, $23) RETURNING id",
+                     $17, $18, $19, $20, $21, $22, $23, $24) RETURNING id",
                 )
                 .bind(l.now)
                 .bind(l.channel)
@@ -256,6 +300,7 @@ macro_rules! impl_tx {
                 .bind(l.assignee_role)
                 .bind(l.assigned_by)
                 .bind(l.routing_note)
+                .bind(l.called_line)
                 .fetch_one(&mut *self)
                 .await
             }
@@ -328,6 +373,140 @@ macro_rules! impl_tx {
                 .execute(&mut *self)
                 .await
                 .map(|_| ())
+            }
+
+            async fn find_call(&mut self, channel: &str, call_id: &str) -> R<Option<StoredCall>> {
+                let Some(r) = sqlx::query(
+                    "SELECT id, lead_id, contact_id, direction, started_at, answered_at, ended_at, answered, \
+                     talk_seconds, wait_seconds, end_reason, recording, line, extension, events \
+                     FROM calls WHERE channel_id = $1 AND call_id = $2",
+                )
+                .bind(channel)
+                .bind(call_id)
+                .fetch_optional(&mut *self)
+                .await?
+                else {
+                    return Ok(None);
+                };
+                let direction: String = r.try_get(3)?;
+                Ok(Some(StoredCall {
+                    id: r.try_get(0)?,
+                    lead: r.try_get(1)?,
+                    contact: r.try_get(2)?,
+                    record: CallRecord {
+                        direction: parse_direction(&direction),
+                        started_at: r.try_get(4)?,
+                        answered_at: r.try_get(5)?,
+                        ended_at: r.try_get(6)?,
+                        answered: r.try_get(7)?,
+                        talk_seconds: r.try_get(8)?,
+                        reported_wait_seconds: r.try_get(9)?,
+                        end_reason: r.try_get(10)?,
+                        recording: r.try_get(11)?,
+                        line: r.try_get(12)?,
+                        extension: r.try_get(13)?,
+                        events: r.try_get(14)?,
+                    },
+                }))
+            }
+
+            async fn insert_call(
+                &mut self,
+                channel: &str,
+                call_id: &str,
+                call: &StoredCall,
+                client_phone: Option<&str>,
+                now: DateTime<Utc>,
+            ) -> R<i64> {
+                let c = &call.record;
+                sqlx::query_scalar(
+                    "INSERT INTO calls (channel_id, call_id, direction, lead_id, contact_id, client_phone, line, \
+                     extension, started_at, answered_at, ended_at, answered, missed, talk_seconds, wait_seconds, \
+                     end_reason, recording, events, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19) \
+                     RETURNING id",
+                )
+                .bind(channel)
+                .bind(call_id)
+                .bind(direction_str(c.direction))
+                .bind(call.lead)
+                .bind(call.contact)
+                .bind(client_phone)
+                .bind(c.line.as_deref())
+                .bind(c.extension.as_deref())
+                .bind(c.started_at)
+                .bind(c.answered_at)
+                .bind(c.ended_at)
+                .bind(c.answered)
+                .bind(c.missed())
+                .bind(c.talk_seconds)
+                .bind(c.wait_seconds())
+                .bind(c.end_reason.as_deref())
+                .bind(c.recording.as_deref())
+                .bind(c.events)
+                .bind(now)
+                .fetch_one(&mut *self)
+                .await
+            }
+
+            async fn update_call(&mut self, call: &StoredCall, now: DateTime<Utc>) -> R<()> {
+                let c = &call.record;
+                sqlx::query(
+                    "UPDATE calls SET started_at = $2, answered_at = $3, ended_at = $4, answered = $5, missed = $6, \
+                     talk_seconds = $7, wait_seconds = $8, end_reason = $9, recording = $10, line = $11, \
+                     extension = $12, events = $13, updated_at = $14 WHERE id = $1",
+                )
+                .bind(call.id)
+                .bind(c.started_at)
+                .bind(c.answered_at)
+                .bind(c.ended_at)
+                .bind(c.answered)
+                .bind(c.missed())
+                .bind(c.talk_seconds)
+                .bind(c.wait_seconds())
+                .bind(c.end_reason.as_deref())
+                .bind(c.recording.as_deref())
+                .bind(c.line.as_deref())
+                .bind(c.extension.as_deref())
+                .bind(c.events)
+                .bind(now)
+                .execute(&mut *self)
+                .await
+                .map(|_| ())
+            }
+
+            async fn set_lead_missed(&mut self, lead: i64, missed: bool, wait_seconds: Option<i32>, now: DateTime<Utc>) -> R<()> {
+                sqlx::query("UPDATE leads SET missed = $2, missed_wait_seconds = $3, updated_at = $4 WHERE id = $1")
+                    .bind(lead)
+                    .bind(missed)
+                    .bind(wait_seconds.filter(|_| missed))
+                    .bind(now)
+                    .execute(&mut *self)
+                    .await
+                    .map(|_| ())
+            }
+
+            async fn clear_missed(&mut self, contact: i64, now: DateTime<Utc>) -> R<()> {
+                sqlx::query(
+                    "UPDATE leads SET missed = $2, callback_at = $3, updated_at = $3 WHERE contact_id = $1 AND missed = $4",
+                )
+                .bind(contact)
+                .bind(false)
+                .bind(now)
+                .bind(true)
+                .execute(&mut *self)
+                .await
+                .map(|_| ())
+            }
+
+            async fn latest_lead_of(&mut self, contact: i64) -> R<Option<i64>> {
+                sqlx::query_scalar(
+                    "SELECT id FROM leads WHERE contact_id = $1 \
+                     ORDER BY CASE WHEN status IN ('new', 'in_progress') THEN 0 ELSE 1 END, id DESC LIMIT 1",
+                )
+                .bind(contact)
+                .fetch_optional(&mut *self)
+                .await
             }
         }
     };

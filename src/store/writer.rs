@@ -5,13 +5,15 @@
 
 use chrono::Utc;
 use leadgate_connector::{
-    ChannelId, CursorUpdate, Disposition, IdentityKind, Receipt, SinkError, fields,
+    CallDirection, CallEvent, ChannelId, CursorUpdate, Disposition, IdentityKind, Receipt,
+    SinkError, fields,
 };
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 
 use super::Store;
-use super::tx::{NewInbound, NewLead, Tx};
+use super::tx::{NewInbound, NewLead, StoredCall, Tx};
+use crate::calls::CallRecord;
 use crate::pipeline::{Prepared, Route};
 use crate::routing::Strategy;
 
@@ -162,19 +164,10 @@ async fn apply<T: Tx>(tx: &mut T, item: &Prepared) -> sqlx::Result<Receipt> {
     let now = Utc::now();
 
     if let Some((id, lead)) = tx.find_inbound(channel, &inbound.source_ref).await? {
-        return Ok(Receipt {
-            inbound_id: id,
-            disposition: Disposition::Duplicate,
-            lead_id: lead,
-        });
+        return Ok(receipt(id, Disposition::Duplicate, lead));
     }
     let row = |disposition, reason, lead, contact| {
         inbound_row(item, now, disposition, reason, lead, contact)
-    };
-    let receipt = |inbound_id, disposition, lead_id| Receipt {
-        inbound_id,
-        disposition,
-        lead_id,
     };
 
     if let Some(key) = &item.content_key
@@ -193,6 +186,14 @@ async fn apply<T: Tx>(tx: &mut T, item: &Prepared) -> sqlx::Result<Receipt> {
             .insert_inbound(&row(*disposition, Some(reason), None, None))
             .await?;
         return Ok(receipt(id, *disposition, None));
+    }
+    if let Some(event) = &inbound.call {
+        if let Some(call) = tx.find_call(channel, &event.call_id).await? {
+            return merge_call(tx, item, event, call, now).await;
+        }
+        if event.direction == CallDirection::Outbound {
+            return outbound_call(tx, item, event, now).await;
+        }
     }
 
     let contact = identify(tx, item, now).await?;
@@ -214,58 +215,226 @@ async fn apply<T: Tx>(tx: &mut T, item: &Prepared) -> sqlx::Result<Receipt> {
             format!("contact #{contact} has open lead #{lead} on this channel"),
         ));
     }
-    if let Some((lead, reason)) = open_lead {
+    let (id, disposition, lead) = match open_lead {
+        Some((lead, reason)) => {
+            let id = tx
+                .insert_inbound(&row(
+                    Disposition::ActivityAdded,
+                    Some(&reason),
+                    Some(lead),
+                    contact,
+                ))
+                .await?;
+            let summary = item.text.as_deref().or(inbound.subject.as_deref());
+            let kind = if inbound.call.is_some() {
+                "call"
+            } else {
+                "message"
+            };
+            tx.add_activity(lead, id, kind, summary, now).await?;
+            (id, Disposition::ActivityAdded, lead)
+        }
+        None => {
+            let lead = create_lead(tx, item, contact, now).await?;
+            let id = tx
+                .insert_inbound(&row(Disposition::LeadCreated, None, Some(lead), contact))
+                .await?;
+            (id, Disposition::LeadCreated, lead)
+        }
+    };
+    if let Some(event) = &inbound.call {
+        // The first event of an inbound call: its record starts here.
+        let mut call = StoredCall {
+            id: 0,
+            lead: Some(lead),
+            contact,
+            record: CallRecord::new(event.direction),
+        };
+        call.record.merge(
+            event,
+            item.fields.get(fields::CALLED_LINE).map(String::as_str),
+            now,
+        );
+        tx.insert_call(
+            channel,
+            &event.call_id,
+            &call,
+            item.first(IdentityKind::Phone),
+            now,
+        )
+        .await?;
+        settle_missed(tx, &call, false, now).await?;
+    }
+    Ok(receipt(id, disposition, Some(lead)))
+}
+
+fn receipt(inbound_id: i64, disposition: Disposition, lead_id: Option<i64>) -> Receipt {
+    Receipt {
+        inbound_id,
+        disposition,
+        lead_id,
+    }
+}
+
+/// A later event of a known call: fold it into the call's record and keep
+/// the lead's missed flag in step with it.
+async fn merge_call<T: Tx>(
+    tx: &mut T,
+    item: &Prepared,
+    event: &CallEvent,
+    mut call: StoredCall,
+    now: chrono::DateTime<Utc>,
+) -> sqlx::Result<Receipt> {
+    let was_missed = call.record.missed();
+    call.record.merge(
+        event,
+        item.fields.get(fields::CALLED_LINE).map(String::as_str),
+        now,
+    );
+    tx.update_call(&call, now).await?;
+    settle_missed(tx, &call, was_missed, now).await?;
+    let reason = format!("event {} of call {}", call.record.events, event.call_id);
+    let id = tx
+        .insert_inbound(&inbound_row(
+            item,
+            now,
+            Disposition::CallUpdated,
+            Some(&reason),
+            call.lead,
+            call.contact,
+        ))
+        .await?;
+    Ok(receipt(id, Disposition::CallUpdated, call.lead))
+}
+
+/// Set or clear the lead's missed flag after the call's record changed. An
+/// inbound call that was answered also settles earlier missed calls of the
+/// same contact: they talked.
+async fn settle_missed<T: Tx>(
+    tx: &mut T,
+    call: &StoredCall,
+    was_missed: bool,
+    now: chrono::DateTime<Utc>,
+) -> sqlx::Result<()> {
+    let Some(lead) = call.lead else { return Ok(()) };
+    let missed = call.record.missed();
+    if missed || was_missed {
+        tx.set_lead_missed(lead, missed, call.record.wait_seconds(), now)
+            .await?;
+    }
+    if call.record.answered == Some(true)
+        && let Some(contact) = call.contact
+    {
+        tx.clear_missed(contact, now).await?;
+    }
+    Ok(())
+}
+
+/// An employee calling out: an activity on the callee's lead (a callback
+/// settles their missed calls), never a new lead.
+async fn outbound_call<T: Tx>(
+    tx: &mut T,
+    item: &Prepared,
+    event: &CallEvent,
+    now: chrono::DateTime<Utc>,
+) -> sqlx::Result<Receipt> {
+    let contact = identify(tx, item, now).await?;
+    let lead = match contact {
+        Some(c) => tx.latest_lead_of(c).await?,
+        None => None,
+    };
+    let mut call = StoredCall {
+        id: 0,
+        lead,
+        contact,
+        record: CallRecord::new(CallDirection::Outbound),
+    };
+    call.record.merge(
+        event,
+        item.fields.get(fields::CALLED_LINE).map(String::as_str),
+        now,
+    );
+    tx.insert_call(
+        item.inbound.channel.as_str(),
+        &event.call_id,
+        &call,
+        item.first(IdentityKind::Phone),
+        now,
+    )
+    .await?;
+    let Some(lead) = lead else {
         let id = tx
-            .insert_inbound(&row(
-                Disposition::ActivityAdded,
-                Some(&reason),
-                Some(lead),
+            .insert_inbound(&inbound_row(
+                item,
+                now,
+                Disposition::Outgoing,
+                Some("outgoing call to a number with no lead"),
+                None,
                 contact,
             ))
             .await?;
-        let summary = item.text.as_deref().or(inbound.subject.as_deref());
-        tx.add_activity(lead, id, "message", summary, now).await?;
-        return Ok(receipt(id, Disposition::ActivityAdded, Some(lead)));
+        return Ok(receipt(id, Disposition::Outgoing, None));
+    };
+    if let Some(contact) = contact {
+        tx.clear_missed(contact, now).await?;
     }
+    let reason = format!("outgoing call to the contact of lead #{lead}");
+    let id = tx
+        .insert_inbound(&inbound_row(
+            item,
+            now,
+            Disposition::ActivityAdded,
+            Some(&reason),
+            Some(lead),
+            contact,
+        ))
+        .await?;
+    tx.add_activity(lead, id, "outgoing_call", item.text.as_deref(), now)
+        .await?;
+    Ok(receipt(id, Disposition::ActivityAdded, Some(lead)))
+}
 
+async fn create_lead<T: Tx>(
+    tx: &mut T,
+    item: &Prepared,
+    contact: Option<i64>,
+    now: chrono::DateTime<Utc>,
+) -> sqlx::Result<i64> {
+    let inbound = &item.inbound;
     let (user, role, note) = assign(tx, &item.route).await?;
     let assigned_by = item.assigned_by.to_string();
     let field = |k: &str| item.fields.get(k).map(String::as_str);
     let messenger = item.messenger();
     let mut custom = item.fields.clone();
-    for k in [fields::PRODUCT, fields::REGION]
+    for k in [fields::PRODUCT, fields::REGION, fields::CALLED_LINE]
         .iter()
         .chain(fields::UTM_KEYS.iter())
     {
         custom.remove(*k);
     }
-    let lead = tx
-        .insert_lead(&NewLead {
-            now,
-            channel,
-            kind: item.kind.as_str(),
-            source_ref: &inbound.source_ref,
-            contact,
-            name: item.name.as_deref(),
-            phone: item.first(IdentityKind::Phone),
-            email: item.first(IdentityKind::Email),
-            messenger: messenger.as_deref(),
-            subject: inbound.subject.as_deref(),
-            message: item.text.as_deref(),
-            product: field(fields::PRODUCT),
-            region: field(fields::REGION),
-            utm: fields::UTM_KEYS.map(field),
-            fields: json!(custom),
-            assignee_user: user.as_deref(),
-            assignee_role: role.as_deref(),
-            assigned_by: &assigned_by,
-            routing_note: note.as_deref(),
-        })
-        .await?;
-    let id = tx
-        .insert_inbound(&row(Disposition::LeadCreated, None, Some(lead), contact))
-        .await?;
-    Ok(receipt(id, Disposition::LeadCreated, Some(lead)))
+    tx.insert_lead(&NewLead {
+        now,
+        channel: inbound.channel.as_str(),
+        kind: item.kind.as_str(),
+        source_ref: &inbound.source_ref,
+        contact,
+        name: item.name.as_deref(),
+        phone: item.first(IdentityKind::Phone),
+        email: item.first(IdentityKind::Email),
+        messenger: messenger.as_deref(),
+        subject: inbound.subject.as_deref(),
+        message: item.text.as_deref(),
+        product: field(fields::PRODUCT),
+        region: field(fields::REGION),
+        utm: fields::UTM_KEYS.map(field),
+        called_line: field(fields::CALLED_LINE),
+        fields: json!(custom),
+        assignee_user: user.as_deref(),
+        assignee_role: role.as_deref(),
+        assigned_by: &assigned_by,
+        routing_note: note.as_deref(),
+    })
+    .await
 }
 
 fn inbound_row<'a>(

@@ -4,6 +4,24 @@ use std::collections::BTreeMap;
 
 use sqlx::{PgPool, Row, SqlitePool};
 
+/// A query parameter.
+pub enum Arg {
+    Int(i64),
+    Text(String),
+}
+
+impl From<i64> for Arg {
+    fn from(i: i64) -> Self {
+        Arg::Int(i)
+    }
+}
+
+impl From<&str> for Arg {
+    fn from(s: &str) -> Self {
+        Arg::Text(s.to_owned())
+    }
+}
+
 pub enum Db {
     Sqlite(SqlitePool),
     Pg(PgPool),
@@ -44,9 +62,19 @@ impl Db {
 
     /// Text columns of one row, by name (the query must select text only;
     /// cast elsewhere: `CAST(x AS TEXT)`).
-    pub async fn row(&self, sql: &str, id: i64) -> Option<BTreeMap<String, Option<String>>> {
+    pub async fn row(
+        &self,
+        sql: &str,
+        arg: impl Into<Arg>,
+    ) -> Option<BTreeMap<String, Option<String>>> {
+        let arg = arg.into();
         on!(self, p => {
-            let row = sqlx::query(sql).bind(id).fetch_optional(p).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+            let q = sqlx::query(sql);
+            let q = match &arg {
+                Arg::Int(i) => q.bind(*i),
+                Arg::Text(t) => q.bind(t.clone()),
+            };
+            let row = q.fetch_optional(p).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
             row.map(|r| {
                 use sqlx::Column;
                 r.columns()

@@ -38,6 +38,8 @@ pub mod fields {
     pub const PAGE_URL: &str = "page_url";
     pub const REFERER: &str = "referer";
     pub const FORM_ID: &str = "form_id";
+    /// The organisation's phone line a call came in on (or went out by).
+    pub const CALLED_LINE: &str = "called_line";
     pub const UTM_SOURCE: &str = "utm_source";
     pub const UTM_MEDIUM: &str = "utm_medium";
     pub const UTM_CAMPAIGN: &str = "utm_campaign";
@@ -161,6 +163,64 @@ pub struct Inbound {
     pub thread_refs: Vec<String>,
     /// The payload as received, kept for audit and replay.
     pub raw: String,
+    /// Set by telephony connectors: what this event says about one call.
+    /// Events sharing a `call_id` merge into one call record.
+    pub call: Option<CallEvent>,
+}
+
+/// Which way a call goes, as the PBX reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallDirection {
+    /// An outside number calling the organisation.
+    Inbound,
+    /// An employee calling an outside number.
+    Outbound,
+    /// Extension to extension; never a lead.
+    Internal,
+}
+
+/// Where in its life a call is, as of this event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallPhase {
+    /// Ringing: in IVR, a queue or at an extension.
+    Ringing,
+    /// Someone picked up.
+    Answered,
+    /// Hung up; `answered`, `talk_seconds`, `wait_seconds` say how it went.
+    Ended,
+    /// A recording became available.
+    Recording,
+}
+
+/// One PBX event about one call, in provider-neutral terms. Numbers are as
+/// the PBX sent them (`79991234567`, `101`); the pipeline normalizes them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallEvent {
+    /// The provider's id of the whole call across legs and transfers
+    /// (Mango `entry_id`, Zadarma `pbx_call_id`).
+    pub call_id: String,
+    pub direction: CallDirection,
+    pub phase: CallPhase,
+    /// The outside party: the caller of an inbound call, the callee of an
+    /// outbound one. `None` for internal calls.
+    pub client_number: Option<String>,
+    /// The organisation's line that was dialled (inbound) or used (outbound).
+    pub line: Option<String>,
+    /// The employee's extension involved, if known.
+    pub extension: Option<String>,
+    /// When the event happened, per the PBX.
+    pub at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Known once the call ended: whether anyone answered.
+    pub answered: Option<bool>,
+    pub talk_seconds: Option<u32>,
+    /// Time the caller waited (ring, IVR, queue) before answer or hang-up.
+    pub wait_seconds: Option<u32>,
+    /// The provider's end reason as sent (`no answer`, `busy`, `1100`, …).
+    pub end_reason: Option<String>,
+    /// Recording URL or provider id.
+    pub recording: Option<String>,
 }
 
 impl Inbound {
@@ -183,6 +243,7 @@ impl Inbound {
             dedupe: Dedupe::SourceRef,
             thread_refs: Vec::new(),
             raw: String::new(),
+            call: None,
         }
     }
 

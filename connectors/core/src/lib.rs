@@ -26,8 +26,9 @@ mod sink;
 
 pub use error::{ConnectorError, SinkError};
 pub use inbound::{
-    Attachment, ChannelId, Dedupe, Flag, Identity, IdentityKind, Inbound, Sender, fields,
+    Attachment, CallDirection, CallEvent, CallPhase, ChannelId, Dedupe, Flag, Identity,
+    IdentityKind, Inbound, Sender, fields,
 };
-pub use secret::{Secret, SecretSource};
+pub use secret::{Secret, SecretSource, set_secret_base_dir};
 pub use sink::{Batch, BoxFuture, CursorUpdate, Disposition, PollerContext, Receipt, Sink};
 pub use tokio_util::sync::CancellationToken;

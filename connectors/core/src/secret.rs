@@ -1,5 +1,6 @@
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
 
 use serde::Deserialize;
 
@@ -28,6 +29,21 @@ impl fmt::Debug for Secret {
 impl fmt::Display for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("***")
+    }
+}
+
+static BASE_DIR: RwLock<Option<PathBuf>> = RwLock::new(None);
+
+/// Relative `*_file` paths are taken relative to this folder (the
+/// configuration folder), not to the daemon's working directory.
+pub fn set_secret_base_dir(dir: &Path) {
+    *BASE_DIR.write().unwrap_or_else(|e| e.into_inner()) = Some(dir.to_owned());
+}
+
+fn resolve_path(path: &Path) -> PathBuf {
+    match &*BASE_DIR.read().unwrap_or_else(|e| e.into_inner()) {
+        Some(base) if path.is_relative() => base.join(path),
+        _ => path.to_owned(),
     }
 }
 
@@ -62,7 +78,8 @@ impl SecretSource {
             return Ok(Some(v.clone()));
         }
         if let Some(path) = &self.file {
-            let text = std::fs::read_to_string(path)
+            let path = resolve_path(path);
+            let text = std::fs::read_to_string(&path)
                 .map_err(|e| format!("`{field}_file`: cannot read {}: {e}", path.display()))?;
             let trimmed = text.trim_end_matches(['\r', '\n']);
             if trimmed.is_empty() {

@@ -41,10 +41,14 @@ pub enum Disposition {
     Outgoing,
     NotLead,
     Invalid,
+    /// A later event of a call already stored: merged into its record.
+    CallUpdated,
+    /// Extension to extension.
+    InternalCall,
 }
 
 impl Disposition {
-    pub const ALL: [Disposition; 12] = [
+    pub const ALL: [Disposition; 14] = [
         Disposition::LeadCreated,
         Disposition::ActivityAdded,
         Disposition::Duplicate,
@@ -57,6 +61,8 @@ impl Disposition {
         Disposition::Outgoing,
         Disposition::NotLead,
         Disposition::Invalid,
+        Disposition::CallUpdated,
+        Disposition::InternalCall,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -73,6 +79,8 @@ impl Disposition {
             Disposition::Outgoing => "outgoing",
             Disposition::NotLead => "not_lead",
             Disposition::Invalid => "invalid",
+            Disposition::CallUpdated => "call_updated",
+            Disposition::InternalCall => "internal_call",
         }
     }
 
