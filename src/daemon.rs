@@ -44,6 +44,15 @@ pub async fn run(config_dir: &Path, config: Config) -> anyhow::Result<()> {
     let url =
         config::database_url(&config.main.database, &config.dir).map_err(anyhow::Error::msg)?;
     let (writer, writer_task) = store::spawn_writer(store.clone(), config.main.pipeline.max_batch);
+    let writer_alive = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let writer_task = {
+        let alive = writer_alive.clone();
+        tokio::spawn(async move {
+            let result = writer_task.await;
+            alive.store(false, std::sync::atomic::Ordering::Relaxed);
+            result
+        })
+    };
     let pipeline = Arc::new(Pipeline::new(
         PipelineSettings::from_config(&config),
         writer,
@@ -61,6 +70,27 @@ pub async fn run(config_dir: &Path, config: Config) -> anyhow::Result<()> {
         config.main.http.request_timeout.0,
         shutdown.clone(),
     ));
+    let notifier = Arc::new(crate::systemd::Notifier::from_env());
+    let channels_running = config.channels.iter().filter(|c| c.enabled).count();
+    notifier.notify(&format!(
+        "READY=1\nSTATUS=serving {channels_running} channel(s) on {}, store {}",
+        config.main.http.listen,
+        store.backend()
+    ));
+    if let Some(period) = notifier.watchdog_period() {
+        // Alive means: the HTTP server and the writer are both still running.
+        let (notifier, shutdown, writer_alive) =
+            (notifier.clone(), shutdown.clone(), writer_alive.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            while !shutdown.is_cancelled() {
+                tick.tick().await;
+                if writer_alive.load(std::sync::atomic::Ordering::Relaxed) {
+                    notifier.notify("WATCHDOG=1");
+                }
+            }
+        });
+    }
     tracing::info!(
         listen = %config.main.http.listen,
         store = %store::describe_url(&url),
@@ -80,6 +110,7 @@ pub async fn run(config_dir: &Path, config: Config) -> anyhow::Result<()> {
                     pipeline.replace_settings(PipelineSettings::from_config(&new));
                     forms.set_channels(form_channels(&new));
                     tracing::info!(channels = new.channels.len(), "configuration reloaded");
+                    notifier.notify(&format!("STATUS=reloaded: serving {} channel(s)", new.channels.iter().filter(|c| c.enabled).count()));
                 }
                 Err(e) => {
                     for p in &e.problems {
@@ -91,6 +122,7 @@ pub async fn run(config_dir: &Path, config: Config) -> anyhow::Result<()> {
     }
 
     tracing::info!("shutting down: finishing requests in flight");
+    notifier.notify("STOPPING=1\nSTATUS=stopping: finishing requests in flight");
     shutdown.cancel();
     match server.await {
         Ok(Err(e)) => tracing::error!(error = %e, "HTTP server stopped with an error"),

@@ -21,11 +21,47 @@ pub fn app(store: Store, connector_routes: Vec<Router>) -> Router {
     let mut app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
         .with_state(Health { store });
     for routes in connector_routes {
         app = app.merge(routes);
     }
-    app
+    app.layer(axum::middleware::from_fn(count_responses))
+}
+
+async fn metrics() -> ([(axum::http::HeaderName, &'static str); 1], String) {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        crate::metrics::render(),
+    )
+}
+
+/// Count responses by endpoint family (the first path segment of the known
+/// ones, so scanners cannot grow the series) and status.
+async fn count_responses(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let family: &'static str = match request.uri().path().split('/').nth(1).unwrap_or("") {
+        "forms" => "forms",
+        "telephony" => "telephony",
+        "telegram" => "telegram",
+        "vk" => "vk",
+        "healthz" => "healthz",
+        "readyz" => "readyz",
+        "metrics" => "metrics",
+        _ => "other",
+    };
+    let response = next.run(request).await;
+    crate::metrics::inc(
+        "leadgate_http_responses_total",
+        &[("endpoint", family), ("status", response.status().as_str())],
+        1,
+    );
+    response
 }
 
 async fn ready(State(h): State<Health>) -> (StatusCode, &'static str) {

@@ -4,6 +4,8 @@ mod support;
 
 use std::time::Duration;
 
+use futures_util::StreamExt;
+
 use support::daemon::{Daemon, TEAM, TestConfig, binary, cli};
 use support::db::Db;
 
@@ -134,4 +136,150 @@ async fn sigterm_under_load_commits_everything_acknowledged_and_exits_zero() {
     let (code, out, _) = cli(cfg.path(), &["leads", "--limit", "1"]);
     assert_eq!(code, 0);
     assert!(out.contains("site"));
+}
+
+#[test]
+fn systemd_hears_ready_watchdog_and_stopping_in_order() {
+    use std::os::unix::net::UnixDatagram;
+    let cfg = TestConfig::corpus(None);
+    let socket_path = cfg.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut daemon = Daemon::start_with_env(
+        &cfg,
+        &[
+            ("NOTIFY_SOCKET", socket_path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "400000"),
+        ],
+    );
+    let mut received = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !received.iter().any(|m: &String| m.contains("WATCHDOG=1")) {
+        let n = socket.recv(&mut buf).expect("a notification within 10 s");
+        received.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    let status = daemon.terminate();
+    assert!(status.success());
+    socket
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    while let Ok(n) = socket.recv(&mut buf) {
+        received.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    let position = |what: &str| received.iter().position(|m| m.contains(what));
+    let ready = position("READY=1").expect("READY=1");
+    let watchdog = position("WATCHDOG=1").expect("WATCHDOG=1");
+    let stopping = position("STOPPING=1").expect("STOPPING=1");
+    assert!(ready < watchdog && watchdog < stopping, "{received:?}");
+    assert!(
+        received[ready].contains("STATUS=serving 3 channel(s)"),
+        "{received:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sighup_applies_a_valid_config_and_keeps_the_old_one_when_invalid() {
+    let channels: &[(&str, &str)] = &[
+        (
+            "site",
+            "kind = \"form\"\n[form]\nrate_limit_per_minute = 0\n",
+        ),
+        (
+            "old",
+            "kind = \"form\"\n[form]\nrate_limit_per_minute = 0\n",
+        ),
+    ];
+    let cfg = TestConfig::new(None, channels, TEAM, "default = \"user:olga\"\n");
+    let daemon = Daemon::start(&cfg);
+    let client = reqwest::Client::new();
+    let post = |channel: &'static str, phone: &'static str| {
+        let (client, base) = (client.clone(), cfg.base_url());
+        async move {
+            client
+                .post(format!("{base}/forms/{channel}"))
+                .form(&[("phone", phone)])
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(post("old", "89990000101").await.status(), 200);
+    assert_eq!(post("new", "89990000102").await.status(), 404);
+
+    // A slow client is mid-request when the reload happens.
+    let base = cfg.base_url();
+    let in_flight = tokio::spawn(async move {
+        let body = futures_util::stream::iter(vec![
+            Ok::<_, std::io::Error>("phone=8999000".to_owned()),
+            Ok("0103".to_owned()),
+        ])
+        .then(|chunk| async move {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            chunk
+        });
+        reqwest::Client::new()
+            .post(format!("{base}/forms/site"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(reqwest::Body::wrap_stream(body))
+            .send()
+            .await
+            .unwrap()
+            .status()
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    std::fs::remove_file(cfg.path().join("channels.d/old.toml")).unwrap();
+    cfg.write(
+        "channels.d/new.toml",
+        "kind = \"form\"\n[form]\nrate_limit_per_minute = 0\n",
+    );
+    cfg.write("routing.toml", "default = \"user:ivan\"\n");
+    daemon.signal(libc::SIGHUP);
+    assert_eq!(
+        in_flight.await.unwrap(),
+        200,
+        "the in-flight post survives the reload"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        post("old", "89990000104").await.status(),
+        404,
+        "removed channel"
+    );
+    let r: serde_json::Value = post("new", "89990000105").await.json().await.unwrap();
+    let db = Db::open(&cfg.db_url).await;
+    let lead = db
+        .row(
+            "SELECT assignee_user FROM leads WHERE id = $1",
+            r["lead_id"].as_i64().unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        lead["assignee_user"].as_deref(),
+        Some("ivan"),
+        "new routing applies"
+    );
+
+    // An invalid config is refused; the running one stays.
+    cfg.write("routing.toml", "default = \"user:ghost\"\n");
+    cfg.write("channels.d/broken.toml", "kind = \"form\"\nbogus = 1\n");
+    daemon.signal(libc::SIGHUP);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let r: serde_json::Value = post("new", "89990000106").await.json().await.unwrap();
+    let lead = db
+        .row(
+            "SELECT assignee_user FROM leads WHERE id = $1",
+            r["lead_id"].as_i64().unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(lead["assignee_user"].as_deref(), Some("ivan"));
+    let log = daemon.log_text();
+    assert!(
+        log.contains("reload rejected") && log.contains("user:ghost") && log.contains("bogus"),
+        "{log}"
+    );
+    db.close().await;
 }

@@ -81,12 +81,10 @@ async fn commit(store: &Store, batch: Vec<WriteRequest>) {
     let started = std::time::Instant::now();
     match write_all(store, &batch).await {
         Ok(receipts) => {
-            tracing::trace!(
-                requests = batch.len(),
-                elapsed_us = started.elapsed().as_micros() as u64,
-                "committed"
-            );
+            let items = batch.iter().map(|r| r.items.len()).sum();
+            crate::metrics::commit(items, started.elapsed().as_secs_f64(), true);
             for (req, r) in batch.into_iter().zip(receipts) {
+                count(&req, &r);
                 let _ = req.reply.send(Ok(r));
             }
         }
@@ -96,18 +94,56 @@ async fn commit(store: &Store, batch: Vec<WriteRequest>) {
             tracing::warn!(error = %e, "batch failed; retrying its requests one by one");
             for req in batch {
                 let result = write_all(store, std::slice::from_ref(&req)).await;
-                let _ = req
-                    .reply
-                    .send(result.map(|mut r| r.remove(0)).map_err(|e| unavailable(&e)));
+                crate::metrics::commit(
+                    req.items.len(),
+                    started.elapsed().as_secs_f64(),
+                    result.is_ok(),
+                );
+                let result = result.map(|mut r| r.remove(0)).map_err(|e| unavailable(&e));
+                if let Ok(receipts) = &result {
+                    count(&req, receipts);
+                }
+                let _ = req.reply.send(result);
             }
         }
         Err(e) => {
-            tracing::error!(error = %e, requests = batch.len(), "commit failed; nothing acknowledged");
+            tracing::error!(error = %e, requests = batch.len(), "commit failed;
+            crate::metrics::commit(0, started.elapsed().as_secs_f64(), false); nothing acknowledged");
             let err = unavailable(&e);
             for req in batch {
                 let _ = req.reply.send(Err(err.clone()));
             }
         }
+    }
+}
+
+/// Count what a committed request stored.
+fn count(req: &WriteRequest, receipts: &[Receipt]) {
+    use crate::metrics;
+    for (item, receipt) in req.items.iter().zip(receipts) {
+        let channel = item.inbound.channel.as_str();
+        metrics::inc(
+            "leadgate_inbound_total",
+            &[
+                ("channel", channel),
+                ("disposition", receipt.disposition.as_str()),
+            ],
+            1,
+        );
+        if receipt.disposition == Disposition::LeadCreated {
+            metrics::inc("leadgate_leads_created_total", &[("channel", channel)], 1);
+            let by = item.assigned_by.to_string();
+            metrics::inc(
+                "leadgate_routing_decisions_total",
+                &[("assigned_by", &by)],
+                1,
+            );
+        }
+        metrics::set(
+            "leadgate_channel_last_inbound_timestamp_seconds",
+            &[("channel", channel)],
+            metrics::now_seconds(),
+        );
     }
 }
 

@@ -120,6 +120,7 @@ impl TestConfig {
 /// The daemon as a child process; killed when dropped.
 pub struct Daemon {
     child: Option<Child>,
+    env: Vec<(String, String)>,
     pub log: PathBuf,
     starts: u32,
     config: PathBuf,
@@ -132,8 +133,16 @@ pub fn binary() -> &'static str {
 
 impl Daemon {
     pub fn start(cfg: &TestConfig) -> Daemon {
+        Daemon::start_with_env(cfg, &[])
+    }
+
+    pub fn start_with_env(cfg: &TestConfig, env: &[(&str, &str)]) -> Daemon {
         let mut d = Daemon {
             child: None,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             log: cfg.path().join("daemon.log"),
             starts: 0,
             config: cfg.path().to_owned(),
@@ -153,6 +162,7 @@ impl Daemon {
         let child = Command::new(binary())
             .args(["--config", self.config.to_str().unwrap(), "run"])
             .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -192,6 +202,13 @@ impl Daemon {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+    }
+
+    /// Send a signal (SIGHUP to reload).
+    pub fn signal(&self, sig: i32) {
+        if let Some(c) = &self.child {
+            unsafe { libc::kill(c.id() as i32, sig) };
         }
     }
 
