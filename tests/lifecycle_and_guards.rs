@@ -283,3 +283,67 @@ async fn sighup_applies_a_valid_config_and_keeps_the_old_one_when_invalid() {
     );
     db.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_listeners_get_one_notify_per_new_lead() {
+    let Some(pg) = support::pg::server() else {
+        return;
+    };
+    let channels: &[(&str, &str)] = &[(
+        "site",
+        "kind = \"form\"\n[form]\nrate_limit_per_minute = 0\n",
+    )];
+    let cfg = TestConfig::new(
+        Some(pg.create_database()),
+        channels,
+        TEAM,
+        "default = \"role:sales\"\n",
+    );
+    let _daemon = Daemon::start(&cfg);
+    let mut listener = sqlx::postgres::PgListener::connect(&cfg.db_url)
+        .await
+        .unwrap();
+    listener.listen("leadgate_leads").await.unwrap();
+    let client = reqwest::Client::new();
+    let mut leads = Vec::new();
+    for body in [
+        "phone=89990000201",
+        "phone=89990000202",
+        "phone=89990000201",
+        "phone=89990000203&tranid=x",
+    ] {
+        let r: serde_json::Value = client
+            .post(format!("{}/forms/site", cfg.base_url()))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if r["disposition"] == "lead_created" {
+            leads.push(r["lead_id"].as_i64().unwrap().to_string());
+        }
+    }
+    assert_eq!(
+        leads.len(),
+        3,
+        "the repeated post is a duplicate, not a lead"
+    );
+    let mut heard = Vec::new();
+    while heard.len() < leads.len() {
+        let n = tokio::time::timeout(Duration::from_secs(5), listener.recv())
+            .await
+            .expect("a NOTIFY per lead within 5 s")
+            .unwrap();
+        heard.push(n.payload().to_owned());
+    }
+    assert_eq!(heard, leads);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), listener.recv())
+            .await
+            .is_err(),
+        "no extra notification"
+    );
+}

@@ -161,11 +161,22 @@ pub trait Tx: Send {
     ) -> impl Future<Output = R<()>> + Send;
     /// The contact's most relevant lead: the newest open one, else the newest.
     fn latest_lead_of(&mut self, contact: i64) -> impl Future<Output = R<Option<i64>>> + Send;
+    /// Tell listening CRMs about a new lead; delivered on commit, dropped on
+    /// rollback (PostgreSQL `NOTIFY leadgate_leads`; nothing on SQLite).
+    fn announce_lead(&mut self, lead: i64) -> impl Future<Output = R<()>> + Send;
 }
 
 macro_rules! impl_tx {
-    ($conn:ty) => {
+    ($conn:ty, $announce:expr) => {
         impl Tx for $conn {
+            async fn announce_lead(&mut self, lead: i64) -> R<()> {
+                let sql: Option<&str> = $announce;
+                if let Some(sql) = sql {
+                    sqlx::query(sql).bind(lead.to_string()).execute(&mut *self).await?;
+                }
+                Ok(())
+            }
+
             async fn find_inbound(&mut self, channel: &str, source_ref: &str) -> R<Option<(i64, Option<i64>)>> {
                 let row = sqlx::query("SELECT id, lead_id FROM inbound_messages WHERE channel_id = $1 AND source_ref = $2")
                     .bind(channel)
@@ -512,5 +523,8 @@ macro_rules! impl_tx {
     };
 }
 
-impl_tx!(sqlx::SqliteConnection);
-impl_tx!(sqlx::PgConnection);
+impl_tx!(sqlx::SqliteConnection, None);
+impl_tx!(
+    sqlx::PgConnection,
+    Some("SELECT pg_notify('leadgate_leads', $1)")
+);

@@ -448,29 +448,32 @@ async fn create_lead<T: Tx>(
     {
         custom.remove(*k);
     }
-    tx.insert_lead(&NewLead {
-        now,
-        channel: inbound.channel.as_str(),
-        kind: item.kind.as_str(),
-        source_ref: &inbound.source_ref,
-        contact,
-        name: item.name.as_deref(),
-        phone: item.first(IdentityKind::Phone),
-        email: item.first(IdentityKind::Email),
-        messenger: messenger.as_deref(),
-        subject: inbound.subject.as_deref(),
-        message: item.text.as_deref(),
-        product: field(fields::PRODUCT),
-        region: field(fields::REGION),
-        utm: fields::UTM_KEYS.map(field),
-        called_line: field(fields::CALLED_LINE),
-        fields: json!(custom),
-        assignee_user: user.as_deref(),
-        assignee_role: role.as_deref(),
-        assigned_by: &assigned_by,
-        routing_note: note.as_deref(),
-    })
-    .await
+    let lead = tx
+        .insert_lead(&NewLead {
+            now,
+            channel: inbound.channel.as_str(),
+            kind: item.kind.as_str(),
+            source_ref: &inbound.source_ref,
+            contact,
+            name: item.name.as_deref(),
+            phone: item.first(IdentityKind::Phone),
+            email: item.first(IdentityKind::Email),
+            messenger: messenger.as_deref(),
+            subject: inbound.subject.as_deref(),
+            message: item.text.as_deref(),
+            product: field(fields::PRODUCT),
+            region: field(fields::REGION),
+            utm: fields::UTM_KEYS.map(field),
+            called_line: field(fields::CALLED_LINE),
+            fields: json!(custom),
+            assignee_user: user.as_deref(),
+            assignee_role: role.as_deref(),
+            assigned_by: &assigned_by,
+            routing_note: note.as_deref(),
+        })
+        .await?;
+    tx.announce_lead(lead).await?;
+    Ok(lead)
 }
 
 fn inbound_row<'a>(
