@@ -31,6 +31,9 @@ enum Command {
     Check,
     /// Create or upgrade the database schema and exit.
     Migrate,
+    /// Per-channel health: is the daemon answering, what each channel
+    /// stored in the last 24 hours, cursors, open and missed-call leads.
+    Status,
     /// Show the most recent leads.
     Leads {
         #[arg(long, default_value_t = 20)]
@@ -94,6 +97,7 @@ fn main() -> ExitCode {
             Command::Migrate => daemon::open_store(&config)
                 .await
                 .map(|_| println!("schema up to date")),
+            Command::Status => status(&config).await,
             Command::Leads { limit } => leads(&config, limit).await,
             Command::Explain { inbound_id } => explain(&config, inbound_id).await,
             Command::Check => Ok(()),
@@ -106,6 +110,72 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Ask the running daemon's `/readyz` (HTTP/1.0 over plain TCP: no client
+/// library needed for one request).
+async fn probe_daemon(listen: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let attempt = async {
+        let mut s = tokio::net::TcpStream::connect(listen).await?;
+        s.write_all(b"GET /readyz HTTP/1.0\r\n\r\n").await?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await?;
+        Ok::<_, std::io::Error>(String::from_utf8_lossy(&buf).into_owned())
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(2), attempt).await {
+        Ok(Ok(reply)) if reply.starts_with("HTTP/1.0 200") || reply.starts_with("HTTP/1.1 200") => {
+            format!("running on {listen}, ready")
+        }
+        Ok(Ok(_)) => format!("running on {listen}, NOT ready (store unavailable)"),
+        _ => format!("not answering on {listen}"),
+    }
+}
+
+async fn status(config: &Config) -> anyhow::Result<()> {
+    println!("daemon:   {}", probe_daemon(config.main.http.listen).await);
+    let store = daemon::open_store(config).await?;
+    println!("store:    {} reachable", store.backend());
+    let (open, missed) = store.open_leads().await?;
+    println!("leads:    {open} open, {missed} of them missed calls awaiting a callback");
+    let since = chrono::Utc::now() - chrono::Duration::hours(24);
+    let activity = store.activity(since).await?;
+    println!();
+    println!(
+        "{:<16} {:<10} {:<7} {:>9} {:>6} {:>8}  {:<19}  cursor",
+        "channel", "kind", "enabled", "inbound", "leads", "invalid", "last inbound (UTC)"
+    );
+    for c in &config.channels {
+        let a = activity.iter().find(|a| a.channel == c.id.as_str());
+        let cursor = a
+            .map(|a| {
+                a.cursors
+                    .iter()
+                    .map(|k| format!("{}={}", k.key, k.value))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .unwrap_or_default();
+        println!(
+            "{:<16} {:<10} {:<7} {:>9} {:>6} {:>8}  {:<19}  {}",
+            clip(c.id.as_str(), 16),
+            c.kind.as_str(),
+            if c.enabled { "yes" } else { "no" },
+            a.map_or(0, |a| a.inbound),
+            a.map_or(0, |a| a.leads),
+            a.map_or(0, |a| a.invalid),
+            a.and_then(|a| a.last_inbound)
+                .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+                .unwrap_or_else(|| "-".into()),
+            if cursor.is_empty() {
+                "-".into()
+            } else {
+                cursor
+            }
+        );
+    }
+    println!("(counts over the last 24 hours)");
+    Ok(())
 }
 
 async fn leads(config: &Config, limit: i64) -> anyhow::Result<()> {

@@ -227,7 +227,28 @@ async fn cli_lists_leads_and_explains_decisions() {
         "name=Ivan+Petrov&phone=89123456789&region=%D0%9A%D0%B0%D0%B7%D0%B0%D0%BD%D1%8C",
     )
     .await;
+    let (code, out, err) = cli(cfg.path(), &["status"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(&format!(
+            "daemon:   running on 127.0.0.1:{}, ready",
+            cfg.port
+        )),
+        "{out}"
+    );
+    assert!(out.contains("leads:    1 open"), "{out}");
+    let site = out
+        .lines()
+        .find(|l| l.starts_with("site "))
+        .expect("a line for the channel");
+    assert_eq!(
+        site.split_whitespace().take(5).collect::<Vec<_>>(),
+        ["site", "form", "yes", "1", "1"],
+        "{out}"
+    );
     drop(daemon);
+    let (_, out, _) = cli(cfg.path(), &["status"]);
+    assert!(out.contains("daemon:   not answering"), "{out}");
 
     let (code, out, err) = cli(cfg.path(), &["leads", "--limit", "5"]);
     assert_eq!(code, 0, "{err}");

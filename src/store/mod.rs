@@ -64,6 +64,17 @@ pub struct LeadRow {
     pub status: String,
 }
 
+/// One channel's recent activity, for `leadgate status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelActivity {
+    pub channel: String,
+    pub inbound: i64,
+    pub leads: i64,
+    pub invalid: i64,
+    pub last_inbound: Option<DateTime<Utc>>,
+    pub cursors: Vec<CursorUpdate>,
+}
+
 /// Everything `leadgate explain` tells about one inbound.
 #[derive(Debug, Clone)]
 pub struct Explanation {
@@ -163,6 +174,54 @@ impl Store {
             rows.iter()
                 .map(|r| Ok(CursorUpdate { key: r.try_get(0)?, value: r.try_get(1)? }))
                 .collect()
+        })
+    }
+
+    /// Per-channel counts since `since`, and every channel's cursors.
+    pub async fn activity(&self, since: DateTime<Utc>) -> Result<Vec<ChannelActivity>, StoreError> {
+        let rows = on_pool!(self, pool => {
+            let rows = sqlx::query(
+                "SELECT channel_id, COUNT(*), \
+                 SUM(CASE WHEN disposition = 'lead_created' THEN 1 ELSE 0 END), \
+                 SUM(CASE WHEN disposition = 'invalid' THEN 1 ELSE 0 END), MAX(received_at) \
+                 FROM inbound_messages WHERE received_at >= $1 GROUP BY channel_id ORDER BY channel_id",
+            )
+            .bind(since)
+            .fetch_all(pool)
+            .await?;
+            rows.iter()
+                .map(|r| -> sqlx::Result<_> {
+                    Ok(ChannelActivity {
+                        channel: r.try_get(0)?,
+                        inbound: r.try_get(1)?,
+                        leads: r.try_get::<Option<i64>, _>(2)?.unwrap_or(0),
+                        invalid: r.try_get::<Option<i64>, _>(3)?.unwrap_or(0),
+                        last_inbound: r.try_get(4)?,
+                        cursors: Vec::new(),
+                    })
+                })
+                .collect::<sqlx::Result<Vec<_>>>()?
+        });
+        let mut out = rows;
+        for a in &mut out {
+            a.cursors = self.cursors(&a.channel).await?;
+        }
+        Ok(out)
+    }
+
+    /// Open leads, and those of them flagged as missed calls.
+    pub async fn open_leads(&self) -> Result<(i64, i64), StoreError> {
+        on_pool!(self, pool => {
+            let open: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM leads WHERE status IN ('new', 'in_progress')")
+                .fetch_one(pool)
+                .await?;
+            let missed: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM leads WHERE status IN ('new', 'in_progress') AND missed = $1",
+            )
+            .bind(true)
+            .fetch_one(pool)
+            .await?;
+            Ok((open, missed))
         })
     }
 
