@@ -1,6 +1,7 @@
 //! Storage: SQLite (embedded default) or PostgreSQL, one schema, one set of
 //! statements. See `docs/schema.md` for the table contract.
 
+mod lease;
 mod tx;
 mod writer;
 
@@ -14,6 +15,7 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{PgPool, Row, SqlitePool};
 
+pub use lease::LeaseKeeper;
 pub use writer::{WriterHandle, spawn as spawn_writer};
 
 use crate::config::{DatabaseConfig, SqliteSynchronous as SyncSetting};

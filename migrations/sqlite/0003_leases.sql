@@ -1,0 +1,8 @@
+-- Poller leases: with several instances on one database, each poller
+-- channel is held by one instance at a time; an expired lease is free.
+CREATE TABLE leases (
+    name        TEXT PRIMARY KEY,
+    owner       TEXT NOT NULL,
+    expires_at  TEXT NOT NULL,
+    acquired_at TEXT NOT NULL
+);
