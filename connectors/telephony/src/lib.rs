@@ -29,6 +29,47 @@
 //! `generic:{call_id}:{event_id}` or, without an event id,
 //! `generic:{call_id}:{phase}:{event}:{hash of the request}`.
 //!
+//! # Channel files
+//!
+//! The `[telephony]` table ([`TelephonySettings`]); secrets may also come
+//! from `*_file` or `*_env`:
+//!
+//! ```toml
+//! kind = "telephony"
+//! [telephony]
+//! provider = "mango"              # or "zadarma", "generic"
+//! api_key_file = "secrets/mango.key"
+//! api_salt_env = "MANGO_SALT"
+//! internal_number_max_digits = 5  # numbers this short are extensions
+//! max_body_bytes = 65536
+//! ```
+//!
+//! ```toml
+//! kind = "telephony"
+//! [telephony]
+//! provider = "zadarma"
+//! api_secret_env = "ZADARMA_SECRET" # unset: signatures are not checked
+//! time_offset = "+03:00"            # the account's time zone (call_start)
+//! ```
+//!
+//! ```toml
+//! kind = "telephony"
+//! [telephony]
+//! provider = "generic"
+//! token_env = "PBX_TOKEN"           # in X-Leadgate-Key or ?token=
+//! # hmac_secret_env = "PBX_HMAC"    # hex HMAC-SHA256 of the body
+//! # hmac_header = "X-Signature"
+//! [telephony.fields]                # names or JSON paths; "" turns one off
+//! call_id = "call_session_id"
+//! event = "notification_name"
+//! caller = "contact.phone"
+//! callee = "virtual_phone_number"
+//! [telephony.values]
+//! ringing = ["call_start"]
+//! ended = ["call_end"]
+//! answered_dispositions = ["subscriber_disconnects", "operator_disconnects"]
+//! ```
+//!
 //! This crate knows the PBX protocols only: no routing, no SQL.
 
 mod body;
@@ -44,7 +85,9 @@ mod zadarma;
 #[cfg(test)]
 mod tests;
 
-pub use config::{GenericFields, GenericValues, TelephonyChannel, TelephonyProvider, TelephonySettings};
+pub use config::{
+    GenericFields, GenericValues, TelephonyChannel, TelephonyProvider, TelephonySettings,
+};
 pub use endpoint::{TelephonyState, router};
 pub use error::TelephonyError;
 pub use webhook::{Outcome, WebhookRequest, parse_webhook};
