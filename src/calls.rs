@@ -6,6 +6,9 @@
 use chrono::{DateTime, Utc};
 use leadgate_connector::{CallDirection, CallEvent, CallPhase};
 
+/// Longest wait (seconds) derived from event times that is believed.
+const MAX_PLAUSIBLE_WAIT: i64 = 3600;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CallRecord {
     pub direction: CallDirection,
@@ -131,7 +134,11 @@ impl CallRecord {
             .answered_at
             .or(self.ended_at.filter(|_| self.missed()))?;
         let secs = (until - self.started_at?).num_seconds();
-        (secs >= 0).then(|| i32::try_from(secs).unwrap_or(i32::MAX))
+        // Events without a PBX time are stamped on arrival; a wait derived
+        // across such clocks beyond an hour is an artefact, not a caller.
+        (0..=MAX_PLAUSIBLE_WAIT)
+            .contains(&secs)
+            .then_some(secs as i32)
     }
 }
 

@@ -6,22 +6,39 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use leadgate_forms::{FormChannel, FormsState};
+use leadgate_telephony::{TelephonyChannel, TelephonyState};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{self, ChannelKind, ChannelProtocol, Config};
+use crate::config::{self, ChannelProtocol, Config};
 use crate::pipeline::{Pipeline, PipelineSettings};
+use crate::pollers::Pollers;
 use crate::store::{self, Store};
 
 pub fn form_channels(config: &Config) -> Vec<FormChannel> {
     config
         .channels
         .iter()
-        .filter(|c| c.enabled && c.kind == ChannelKind::Form)
+        .filter(|c| c.enabled)
         .filter_map(|c| match &c.protocol {
             ChannelProtocol::Form(settings) => {
-                FormChannel::new(c.id.clone(), settings.clone()).ok()
+                FormChannel::new(c.id.clone(), (**settings).clone()).ok()
             }
+            _ => None,
+        })
+        .collect()
+}
+
+pub fn telephony_channels(config: &Config) -> Vec<TelephonyChannel> {
+    config
+        .channels
+        .iter()
+        .filter(|c| c.enabled)
+        .filter_map(|c| match &c.protocol {
+            ChannelProtocol::Telephony(settings) => {
+                TelephonyChannel::new(c.id.clone(), (**settings).clone()).ok()
+            }
+            _ => None,
         })
         .collect()
 }
@@ -58,11 +75,23 @@ pub async fn run(config_dir: &Path, config: Config) -> anyhow::Result<()> {
         writer,
     ));
     let forms = FormsState::new(pipeline.clone(), form_channels(&config));
+    let telephony = TelephonyState::new(pipeline.clone(), telephony_channels(&config));
+    let mut pollers = Pollers::new(
+        store.clone(),
+        pipeline.clone(),
+        crate::pollers::instance_name(&config),
+    );
 
     let listener = tokio::net::TcpListener::bind(config.main.http.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.main.http.listen))?;
-    let app = crate::server::app(store.clone(), vec![leadgate_forms::router(forms.clone())]);
+    let app = crate::server::app(
+        store.clone(),
+        vec![
+            leadgate_forms::router(forms.clone()),
+            leadgate_telephony::router(telephony.clone()),
+        ],
+    );
     let shutdown = CancellationToken::new();
     let server = tokio::spawn(crate::server::serve(
         listener,
@@ -70,6 +99,7 @@ pub async fn run(config_dir: &Path, config: Config) -> anyhow::Result<()> {
         config.main.http.request_timeout.0,
         shutdown.clone(),
     ));
+    pollers.apply(&config).await;
     let notifier = Arc::new(crate::systemd::Notifier::from_env());
     let channels_running = config.channels.iter().filter(|c| c.enabled).count();
     notifier.notify(&format!(
@@ -109,6 +139,8 @@ pub async fn run(config_dir: &Path, config: Config) -> anyhow::Result<()> {
                 Ok(new) => {
                     pipeline.replace_settings(PipelineSettings::from_config(&new));
                     forms.set_channels(form_channels(&new));
+                    telephony.set_channels(telephony_channels(&new));
+                    pollers.apply(&new).await;
                     tracing::info!(channels = new.channels.len(), "configuration reloaded");
                     notifier.notify(&format!("STATUS=reloaded: serving {} channel(s)", new.channels.iter().filter(|c| c.enabled).count()));
                 }
@@ -122,6 +154,7 @@ pub async fn run(config_dir: &Path, config: Config) -> anyhow::Result<()> {
     }
 
     tracing::info!("shutting down: finishing requests in flight");
+    pollers.stop_all().await;
     notifier.notify("STOPPING=1\nSTATUS=stopping: finishing requests in flight");
     shutdown.cancel();
     match server.await {
@@ -132,6 +165,7 @@ pub async fn run(config_dir: &Path, config: Config) -> anyhow::Result<()> {
     // The last handles go with the pipeline; the writer drains its queue,
     // commits, and ends.
     drop(forms);
+    drop(telephony);
     drop(pipeline);
     writer_task.await.ok();
     store.close().await;

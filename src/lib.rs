@@ -16,6 +16,7 @@ pub mod daemon;
 pub mod logging;
 pub mod metrics;
 pub mod pipeline;
+pub mod pollers;
 pub mod routing;
 pub mod server;
 pub mod store;

@@ -206,13 +206,24 @@ async fn a_returning_contact_adds_an_activity_and_a_non_source_channel_makes_no_
     let third = post(&cfg, "site", "email=lev@example.ru&comment=third").await;
     assert_eq!(third["disposition"], "activity_added");
 
+    // Someone else quoting the same phone with their own e-mail (an office
+    // number, a forwarded request) is a new person, not Lev's activity.
+    let other = post(
+        &cfg,
+        "site",
+        "name=Viktor&phone=89995550001&email=viktor@example.ru",
+    )
+    .await;
+    assert_eq!(other["disposition"], "lead_created");
+    assert_ne!(other["lead_id"], first["lead_id"]);
+
     let vendor = post(&cfg, "vendors", "name=V&phone=89990009988").await;
     assert_eq!(vendor["disposition"], "not_lead_source");
     assert_eq!(vendor["lead_id"], Value::Null);
-    assert_eq!(db.int("SELECT COUNT(*) FROM leads", None).await, 1);
+    assert_eq!(db.int("SELECT COUNT(*) FROM leads", None).await, 2);
     assert_eq!(
         db.int("SELECT COUNT(*) FROM inbound_messages", None).await,
-        4
+        5
     );
     db.close().await;
 }

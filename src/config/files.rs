@@ -4,6 +4,8 @@ use std::path::{Path, PathBuf};
 
 use leadgate_connector::ChannelId;
 use leadgate_forms::{FormChannel, FormSettings};
+use leadgate_imap::{ImapChannel, ImapSettings};
+use leadgate_telephony::{TelephonyChannel, TelephonySettings};
 use regex::Regex;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -429,6 +431,8 @@ struct ChannelFile {
     dedupe_window: Option<HumanDuration>,
     activity_window: Option<HumanDuration>,
     form: Option<FormSettings>,
+    imap: Option<ImapSettings>,
+    telephony: Option<TelephonySettings>,
 }
 
 fn yes() -> bool {
@@ -489,7 +493,35 @@ fn load_channels(
                 if let Err(e) = FormChannel::new(ChannelId(id.clone()), settings.clone()) {
                     l.problem(&path, Some("form"), e);
                 }
-                ChannelProtocol::Form(settings)
+                ChannelProtocol::Form(Box::new(settings))
+            }
+            ChannelKind::Imap => {
+                let Some(settings) = file.imap.clone() else {
+                    l.problem(
+                        &path,
+                        Some("imap"),
+                        "an imap channel needs an [imap] table (host, username, password…)",
+                    );
+                    continue;
+                };
+                if let Err(e) = ImapChannel::new(ChannelId(id.clone()), settings.clone()) {
+                    l.problem(&path, Some("imap"), e);
+                }
+                ChannelProtocol::Imap(Box::new(settings))
+            }
+            ChannelKind::Telephony => {
+                let Some(settings) = file.telephony.clone() else {
+                    l.problem(
+                        &path,
+                        Some("telephony"),
+                        "a telephony channel needs a [telephony] table with `provider`",
+                    );
+                    continue;
+                };
+                if let Err(e) = TelephonyChannel::new(ChannelId(id.clone()), settings.clone()) {
+                    l.problem(&path, Some("telephony"), e);
+                }
+                ChannelProtocol::Telephony(Box::new(settings))
             }
             other => {
                 l.problem(
@@ -503,7 +535,15 @@ fn load_channels(
                 continue;
             }
         };
-        let tables = [("form", file.form.is_some(), ChannelKind::Form)];
+        let tables = [
+            ("form", file.form.is_some(), ChannelKind::Form),
+            ("imap", file.imap.is_some(), ChannelKind::Imap),
+            (
+                "telephony",
+                file.telephony.is_some(),
+                ChannelKind::Telephony,
+            ),
+        ];
         for (table, present, owner) in tables {
             if present && owner != file.kind {
                 l.problem(

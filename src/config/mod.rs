@@ -13,7 +13,6 @@
 //! `leadgate check` works like `nginx -t`. Environment variables
 //! `LEADGATE__SECTION__KEY` override the main file.
 
-mod duration;
 mod files;
 
 use std::collections::BTreeMap;
@@ -23,10 +22,12 @@ use std::path::{Path, PathBuf};
 
 use leadgate_connector::{ChannelId, Secret};
 use leadgate_forms::FormSettings;
+use leadgate_imap::ImapSettings;
+use leadgate_telephony::TelephonySettings;
 use serde::Deserialize;
 
-pub use duration::HumanDuration;
 pub use files::{load, phone_region};
+pub use leadgate_connector::HumanDuration;
 
 use crate::routing::{Assignee, RoutingConfig, TeamConfig};
 
@@ -261,7 +262,9 @@ pub struct ChannelConfig {
 
 #[derive(Debug, Clone)]
 pub enum ChannelProtocol {
-    Form(FormSettings),
+    Form(Box<FormSettings>),
+    Imap(Box<ImapSettings>),
+    Telephony(Box<TelephonySettings>),
 }
 
 /// Resolve the database URL: `url`, else `url_file`, else the packaged

@@ -227,6 +227,24 @@ impl Store {
         })
     }
 
+    /// Remember a channel's last connector error where `leadgate status`
+    /// shows it (beside the cursors).
+    pub async fn record_channel_error(&self, channel: &str, error: &str) -> Result<(), StoreError> {
+        let value = format!("{} {error}", Utc::now().format("%Y-%m-%d %H:%M:%S"));
+        on_pool!(self, pool => {
+            sqlx::query(
+                "INSERT INTO channel_state (channel_id, cursor_key, value, updated_at) VALUES ($1, 'last_error', $2, $3) \
+                 ON CONFLICT (channel_id, cursor_key) DO UPDATE SET value = $2, updated_at = $3",
+            )
+            .bind(channel)
+            .bind(value)
+            .bind(Utc::now())
+            .execute(pool)
+            .await?;
+        });
+        Ok(())
+    }
+
     pub async fn recent_leads(&self, limit: i64) -> Result<Vec<LeadRow>, StoreError> {
         on_pool!(self, pool => {
             let rows = sqlx::query(

@@ -84,6 +84,12 @@ pub trait Tx: Send {
         kind: &str,
         value: &str,
     ) -> impl Future<Output = R<Option<i64>>> + Send;
+    /// Whether the contact already has an identity of this kind.
+    fn contact_has_kind(
+        &mut self,
+        contact: i64,
+        kind: &str,
+    ) -> impl Future<Output = R<bool>> + Send;
     fn insert_contact(
         &mut self,
         name: Option<&str>,
@@ -211,6 +217,17 @@ macro_rules! impl_tx {
                     .bind(value)
                     .fetch_optional(&mut *self)
                     .await
+            }
+
+            async fn contact_has_kind(&mut self, contact: i64, kind: &str) -> R<bool> {
+                let n: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM contact_identities WHERE contact_id = $1 AND kind = $2",
+                )
+                .bind(contact)
+                .bind(kind)
+                .fetch_one(&mut *self)
+                .await?;
+                Ok(n > 0)
             }
 
             async fn insert_contact(&mut self, name: Option<&str>, now: DateTime<Utc>) -> R<i64> {

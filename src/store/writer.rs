@@ -5,8 +5,8 @@
 
 use chrono::Utc;
 use leadgate_connector::{
-    CallDirection, CallEvent, ChannelId, CursorUpdate, Disposition, IdentityKind, Receipt,
-    SinkError, fields,
+    CallDirection, CallEvent, CallPhase, ChannelId, CursorUpdate, Disposition, IdentityKind,
+    Receipt, SinkError, fields,
 };
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
@@ -229,6 +229,15 @@ async fn apply<T: Tx>(tx: &mut T, item: &Prepared) -> sqlx::Result<Receipt> {
         }
         if event.direction == CallDirection::Outbound {
             return outbound_call(tx, item, event, now).await;
+        }
+        if event.phase == CallPhase::Recording {
+            // A recording names no caller: without its call there is
+            // nothing to attach it to, and it is no lead by itself.
+            let reason = format!("recording of call {} that was never seen", event.call_id);
+            let id = tx
+                .insert_inbound(&row(Disposition::NotLead, Some(&reason), None, None))
+                .await?;
+            return Ok(receipt(id, Disposition::NotLead, None));
         }
     }
 
@@ -509,6 +518,12 @@ fn inbound_row<'a>(
 
 /// Find the sender's contact by any identity, or create one; record every
 /// identity seen so later messages match by any of them.
+///
+/// One exception keeps two people apart: a sender whose e-mail address is
+/// new is not merged into a contact that already has a different address
+/// just because a phone matches (an office number, a phone quoted in a
+/// forwarded mail). Their unmatched identities start a new contact; the
+/// phone stays with the contact that had it first.
 async fn identify<T: Tx>(
     tx: &mut T,
     item: &Prepared,
@@ -517,14 +532,28 @@ async fn identify<T: Tx>(
     if item.identities.is_empty() {
         return Ok(None);
     }
-    let mut contact = None;
+    let mut by_email = None;
+    let mut by_other = None;
+    let mut has_email = false;
     for (kind, value) in &item.identities {
-        if let Some(c) = tx.find_contact(kind.as_str(), value).await? {
-            contact = Some(c);
-            break;
+        let found = tx.find_contact(kind.as_str(), value).await?;
+        if *kind == IdentityKind::Email {
+            has_email = true;
+            by_email = by_email.or(found);
+        } else {
+            by_other = by_other.or(found);
         }
     }
-    let contact = match contact {
+    let matched = match (by_email, by_other) {
+        (Some(c), _) => Some(c),
+        (None, Some(c))
+            if has_email && tx.contact_has_kind(c, IdentityKind::Email.as_str()).await? =>
+        {
+            None
+        }
+        (None, other) => other,
+    };
+    let contact = match matched {
         Some(c) => c,
         None => tx.insert_contact(item.name.as_deref(), now).await?,
     };

@@ -108,6 +108,28 @@ impl TestConfig {
         std::fs::write(self.dir.path().join(name), body).unwrap();
     }
 
+    /// Rewrite every channel file's `poll_interval`.
+    pub fn with_poll_interval(self, every: &str) -> TestConfig {
+        let dir = self.dir.path().join("channels.d");
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            let text: String = text
+                .lines()
+                .map(|l| {
+                    if l.starts_with("poll_interval") {
+                        format!("poll_interval = \"{every}\"")
+                    } else {
+                        l.to_owned()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("\n");
+            std::fs::write(&path, text + "\n").unwrap();
+        }
+        self
+    }
+
     pub fn path(&self) -> &Path {
         self.dir.path()
     }

@@ -5,6 +5,7 @@
 pub mod corpus;
 pub mod daemon;
 pub mod db;
+pub mod dovecot;
 pub mod pg;
 
 use std::net::TcpListener;

@@ -19,11 +19,13 @@
 //! Connector crates depend on this crate only: never on the core, never on
 //! each other.
 
+mod duration;
 mod error;
 mod inbound;
 mod secret;
 mod sink;
 
+pub use duration::HumanDuration;
 pub use error::{ConnectorError, SinkError};
 pub use inbound::{
     Attachment, CallDirection, CallEvent, CallPhase, ChannelId, Dedupe, Flag, Identity,

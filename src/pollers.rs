@@ -1,0 +1,222 @@
+//! Runs the poller channels (IMAP today; Telegram and VK long polling as
+//! they land). Each runs under a lease, so with several instances on one
+//! database exactly one polls it; each is restarted with backoff after a
+//! transient error and retried slowly after a permanent one (a wrong
+//! password does not heal by hammering the server). A reload restarts only
+//! the channels whose settings changed.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use leadgate_connector::{CancellationToken, PollerContext, Sink};
+use leadgate_imap::{ImapChannel, ImapSettings};
+use tokio::task::JoinHandle;
+
+use crate::config::{ChannelProtocol, Config};
+use crate::store::{LeaseKeeper, Store};
+
+/// How long a lease lasts without renewal: how long another instance waits
+/// before it takes over a dead one's pollers.
+pub const LEASE_TTL: Duration = Duration::from_secs(30);
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+const PERMANENT_RETRY: Duration = Duration::from_secs(600);
+
+struct Running {
+    settings: ImapSettings,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+pub struct Pollers {
+    store: Store,
+    sink: Arc<dyn Sink>,
+    owner: String,
+    running: HashMap<String, Running>,
+}
+
+/// Who this instance is in the leases table: stable across restarts of the
+/// same instance, so a restarted daemon takes its leases back at once.
+pub fn instance_name(config: &Config) -> String {
+    if let Ok(name) = std::env::var("LEADGATE_INSTANCE")
+        && !name.is_empty()
+    {
+        return name;
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "localhost".into());
+    format!("{host}:{}", config.main.http.listen.port())
+}
+
+impl Pollers {
+    pub fn new(store: Store, sink: Arc<dyn Sink>, owner: String) -> Pollers {
+        Pollers {
+            store,
+            sink,
+            owner,
+            running: HashMap::new(),
+        }
+    }
+
+    /// Make the running pollers match `config`.
+    pub async fn apply(&mut self, config: &Config) {
+        let wanted: HashMap<String, ImapSettings> = config
+            .channels
+            .iter()
+            .filter(|c| c.enabled)
+            .filter_map(|c| match &c.protocol {
+                ChannelProtocol::Imap(s) => Some((c.id.0.clone(), (**s).clone())),
+                _ => None,
+            })
+            .collect();
+        let stale: Vec<String> = self
+            .running
+            .iter()
+            .filter(|(id, r)| wanted.get(*id) != Some(&r.settings))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in stale {
+            if let Some(r) = self.running.remove(&id) {
+                r.stop.cancel();
+                let _ = r.task.await;
+                tracing::info!(channel = %id, "poller stopped");
+            }
+        }
+        for (id, settings) in wanted {
+            if self.running.contains_key(&id) {
+                continue;
+            }
+            let channel = match ImapChannel::new(id.as_str().into(), settings.clone()) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(channel = %id, error = %e, "poller not started");
+                    continue;
+                }
+            };
+            let stop = CancellationToken::new();
+            let task = self.spawn(channel, stop.clone());
+            self.running.insert(
+                id,
+                Running {
+                    settings,
+                    stop,
+                    task,
+                },
+            );
+        }
+    }
+
+    fn spawn(&self, channel: ImapChannel, stop: CancellationToken) -> JoinHandle<()> {
+        let keeper = LeaseKeeper {
+            store: self.store.clone(),
+            name: format!("poller:{}", channel.id),
+            owner: self.owner.clone(),
+            ttl: LEASE_TTL,
+        };
+        let (store, sink) = (self.store.clone(), self.sink.clone());
+        let channel = Arc::new(channel);
+        tokio::spawn(async move {
+            let workers = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let spawned = workers.clone();
+            keeper
+                .run(stop, move |held| {
+                    let task = tokio::spawn(supervise(
+                        channel.clone(),
+                        store.clone(),
+                        sink.clone(),
+                        held,
+                    ));
+                    spawned.lock().unwrap_or_else(|e| e.into_inner()).push(task);
+                })
+                .await;
+            let tasks = std::mem::take(&mut *workers.lock().unwrap_or_else(|e| e.into_inner()));
+            for t in tasks {
+                let _ = t.await;
+            }
+        })
+    }
+
+    /// Stop every poller; each finishes the batch it is committing.
+    pub async fn stop_all(self) {
+        for (_, r) in self.running {
+            r.stop.cancel();
+            let _ = r.task.await;
+        }
+    }
+}
+
+/// A little spread so many channels do not reconnect in lockstep.
+fn jitter(d: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|t| t.subsec_nanos())
+        .unwrap_or(0);
+    d + d.mul_f64(f64::from(nanos % 500) / 1000.0)
+}
+
+async fn supervise(
+    channel: Arc<ImapChannel>,
+    store: Store,
+    sink: Arc<dyn Sink>,
+    held: CancellationToken,
+) {
+    let id = channel.id.clone();
+    let mut backoff = Duration::from_secs(1);
+    crate::metrics::set("leadgate_poller_up", &[("channel", id.as_str())], 0.0);
+    while !held.is_cancelled() {
+        let cursors = match store.cursors(id.as_str()).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(channel = %id, error = %e, "cannot read the channel's cursor; retrying");
+                if sleep_or_stop(jitter(backoff), &held).await {
+                    break;
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+        };
+        let ctx = PollerContext {
+            channel: id.clone(),
+            cursors,
+            sink: sink.clone(),
+            shutdown: held.clone(),
+        };
+        let started = Instant::now();
+        crate::metrics::set("leadgate_poller_up", &[("channel", id.as_str())], 1.0);
+        let result = leadgate_imap::run(&channel, &ctx).await;
+        crate::metrics::set("leadgate_poller_up", &[("channel", id.as_str())], 0.0);
+        let Err(e) = result else { break };
+        crate::metrics::inc(
+            "leadgate_poller_errors_total",
+            &[("channel", id.as_str())],
+            1,
+        );
+        let _ = store
+            .record_channel_error(id.as_str(), &e.to_string())
+            .await;
+        if started.elapsed() > Duration::from_secs(60) {
+            backoff = Duration::from_secs(1);
+        }
+        let wait = if e.is_transient() {
+            tracing::warn!(channel = %id, error = %e, retry_in = ?backoff, "poller session ended; reconnecting");
+            let w = backoff;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+            w
+        } else {
+            tracing::error!(channel = %id, error = %e, retry_in = ?PERMANENT_RETRY, "poller failed; fix the channel's settings (retrying slowly)");
+            PERMANENT_RETRY
+        };
+        if sleep_or_stop(jitter(wait), &held).await {
+            break;
+        }
+    }
+}
+
+/// Sleep; true when stopped meanwhile.
+async fn sleep_or_stop(d: Duration, stop: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => false,
+        _ = stop.cancelled() => true,
+    }
+}
