@@ -80,6 +80,7 @@ pub async fn run(config_dir: &Path, config: Config) -> anyhow::Result<()> {
         store.clone(),
         pipeline.clone(),
         crate::pollers::instance_name(&config),
+        config.main.instance.lease_ttl.0,
     );
 
     let listener = tokio::net::TcpListener::bind(config.main.http.listen)

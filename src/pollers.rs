@@ -16,9 +16,6 @@ use tokio::task::JoinHandle;
 use crate::config::{ChannelProtocol, Config};
 use crate::store::{LeaseKeeper, Store};
 
-/// How long a lease lasts without renewal: how long another instance waits
-/// before it takes over a dead one's pollers.
-pub const LEASE_TTL: Duration = Duration::from_secs(30);
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 const PERMANENT_RETRY: Duration = Duration::from_secs(600);
 
@@ -32,16 +29,15 @@ pub struct Pollers {
     store: Store,
     sink: Arc<dyn Sink>,
     owner: String,
+    lease_ttl: Duration,
     running: HashMap<String, Running>,
 }
 
 /// Who this instance is in the leases table: stable across restarts of the
 /// same instance, so a restarted daemon takes its leases back at once.
 pub fn instance_name(config: &Config) -> String {
-    if let Ok(name) = std::env::var("LEADGATE_INSTANCE")
-        && !name.is_empty()
-    {
-        return name;
+    if let Some(name) = config.main.instance.name.as_ref().filter(|n| !n.is_empty()) {
+        return name.clone();
     }
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
@@ -50,11 +46,12 @@ pub fn instance_name(config: &Config) -> String {
 }
 
 impl Pollers {
-    pub fn new(store: Store, sink: Arc<dyn Sink>, owner: String) -> Pollers {
+    pub fn new(store: Store, sink: Arc<dyn Sink>, owner: String, lease_ttl: Duration) -> Pollers {
         Pollers {
             store,
             sink,
             owner,
+            lease_ttl,
             running: HashMap::new(),
         }
     }
@@ -112,7 +109,7 @@ impl Pollers {
             store: self.store.clone(),
             name: format!("poller:{}", channel.id),
             owner: self.owner.clone(),
-            ttl: LEASE_TTL,
+            ttl: self.lease_ttl,
         };
         let (store, sink) = (self.store.clone(), self.sink.clone());
         let channel = Arc::new(channel);

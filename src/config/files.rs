@@ -192,6 +192,13 @@ fn load_main(l: &mut Loader, path: &Path) -> Option<MainConfig> {
             ),
         );
     }
+    if main.instance.lease_ttl.0 < std::time::Duration::from_secs(1) {
+        l.problem(
+            path,
+            Some("instance.lease_ttl"),
+            "must be at least 1s (renewed every third of it)",
+        );
+    }
     if p.max_batch == 0 {
         l.problem(path, Some("pipeline.max_batch"), "must be at least 1");
     }

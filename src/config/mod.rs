@@ -106,6 +106,29 @@ pub struct MainConfig {
     pub http: HttpConfig,
     pub log: LogConfig,
     pub pipeline: PipelineConfig,
+    pub instance: InstanceConfig,
+}
+
+/// Who this instance is when several share one database.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct InstanceConfig {
+    /// Its name in the `leases` table; default `<hostname>:<http port>`,
+    /// stable across restarts so a restarted instance takes its pollers
+    /// back at once.
+    pub name: Option<String>,
+    /// How long a poller lease lasts without renewal: how soon another
+    /// instance takes over the pollers of one that died.
+    pub lease_ttl: HumanDuration,
+}
+
+impl Default for InstanceConfig {
+    fn default() -> Self {
+        InstanceConfig {
+            name: None,
+            lease_ttl: HumanDuration(std::time::Duration::from_secs(30)),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

@@ -110,10 +110,28 @@ pub async fn run(channel: &ImapChannel, ctx: &PollerContext) -> Result<(), Conne
         let first = &channel.settings.folders[0];
         let wait = channel.settings.poll_interval.0;
         if idle && channel.settings.folders.len() == 1 {
-            session.select(first).await.map_err(imap_error)?;
+            // IDLE reports only what arrives after it starts: mail that came
+            // in since the sync above is seen here (UIDNEXT moved), and
+            // synced first.
+            let mailbox = session.select(first).await.map_err(imap_error)?;
+            let seen = cursors.get(first.as_str()).map_or(0, |c| c.last_uid);
+            if mailbox
+                .uid_next
+                .is_some_and(|next| next > seen.saturating_add(1))
+                && mailbox.exists > 0
+            {
+                let highest = session
+                    .uid_search(format!("UID {}:*", seen.saturating_add(1)))
+                    .await
+                    .map_err(imap_error)?;
+                if highest.iter().any(|u| *u > seen) {
+                    continue;
+                }
+            }
             let mut handle = session.idle();
             handle.init().await.map_err(imap_error)?;
-            let renew = channel.settings.idle_renewal.0;
+            // The poll interval is the safety net beside IDLE.
+            let renew = channel.settings.idle_renewal.0.min(wait);
             let outcome = {
                 let (fut, _stop) = handle.wait_with_timeout(renew);
                 tokio::select! {
