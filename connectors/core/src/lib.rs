@@ -22,8 +22,10 @@
 mod duration;
 mod error;
 mod inbound;
+mod live;
 mod secret;
 mod sink;
+pub mod urlencoded;
 
 pub use duration::HumanDuration;
 pub use error::{ConnectorError, SinkError};
@@ -31,6 +33,7 @@ pub use inbound::{
     Attachment, CallDirection, CallEvent, CallPhase, ChannelId, Dedupe, Flag, Identity,
     IdentityKind, Inbound, Sender, fields,
 };
+pub use live::LiveChannels;
 pub use secret::{Secret, SecretSource, set_secret_base_dir};
 pub use sink::{Batch, BoxFuture, CursorUpdate, Disposition, PollerContext, Receipt, Sink};
 pub use tokio_util::sync::CancellationToken;

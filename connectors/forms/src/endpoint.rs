@@ -1,8 +1,7 @@
-use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
 
 use axum::Router;
 use axum::body::Body;
@@ -12,7 +11,9 @@ use axum::routing::post;
 use chrono::Utc;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
-use leadgate_connector::{Dedupe, Flag, IdentityKind, Inbound, Receipt, Sink, SinkError, fields};
+use leadgate_connector::{
+    Dedupe, Flag, IdentityKind, Inbound, LiveChannels, Receipt, Sink, SinkError, fields,
+};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -31,18 +32,16 @@ struct LiveChannel {
 
 /// Shared state of the forms endpoint. Channels can be replaced at run time
 /// (config reload) without rebuilding the router.
-type ChannelTable = Arc<HashMap<String, Arc<LiveChannel>>>;
-
 #[derive(Clone)]
 pub struct FormsState {
-    channels: Arc<RwLock<ChannelTable>>,
+    channels: LiveChannels<LiveChannel>,
     sink: Arc<dyn Sink>,
 }
 
 impl FormsState {
     pub fn new(sink: Arc<dyn Sink>, channels: Vec<FormChannel>) -> Self {
         let state = FormsState {
-            channels: Arc::default(),
+            channels: LiveChannels::default(),
             sink,
         };
         state.set_channels(channels);
@@ -52,32 +51,21 @@ impl FormsState {
     /// Swap in a new channel set; requests already running finish with the
     /// channel they started with.
     pub fn set_channels(&self, channels: Vec<FormChannel>) {
-        let map = channels
-            .into_iter()
-            .map(|channel| {
-                let limiter =
-                    NonZeroU32::new(channel.settings.rate_limit_per_minute).map(|per_minute| {
-                        // A burst of a fifth of the minute's allowance lets a
-                        // person retry a couple of times without a 429.
-                        let burst =
-                            NonZeroU32::new((per_minute.get() / 5).max(3)).unwrap_or(per_minute);
-                        RateLimiter::keyed(Quota::per_minute(per_minute).allow_burst(burst))
-                    });
-                (
-                    channel.id.0.clone(),
-                    Arc::new(LiveChannel { channel, limiter }),
-                )
-            })
-            .collect();
-        *self.channels.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(map);
+        self.channels.replace(channels.into_iter().map(|channel| {
+            let limiter =
+                NonZeroU32::new(channel.settings.rate_limit_per_minute).map(|per_minute| {
+                    // A burst of a fifth of the minute's allowance lets a
+                    // person retry a couple of times without a 429.
+                    let burst =
+                        NonZeroU32::new((per_minute.get() / 5).max(3)).unwrap_or(per_minute);
+                    RateLimiter::keyed(Quota::per_minute(per_minute).allow_burst(burst))
+                });
+            (channel.id.0.clone(), LiveChannel { channel, limiter })
+        }));
     }
 
     fn channel(&self, name: &str) -> Option<Arc<LiveChannel>> {
-        self.channels
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(name)
-            .cloned()
+        self.channels.get(name)
     }
 }
 

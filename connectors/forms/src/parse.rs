@@ -1,5 +1,5 @@
 use http::StatusCode;
-use leadgate_connector::Attachment;
+use leadgate_connector::{Attachment, urlencoded};
 use thiserror::Error;
 
 /// Most fields a form post may carry; more is abuse, not a form.
@@ -145,53 +145,14 @@ pub async fn parse_body(content_type: Option<&str>, body: &[u8]) -> Result<Parse
 }
 
 fn parse_urlencoded(body: &[u8]) -> Result<ParsedBody, FormError> {
-    let mut fields = Vec::new();
-    for pair in body.split(|b| *b == b'&') {
-        if pair.is_empty() {
-            continue;
-        }
-        if fields.len() > MAX_FIELDS {
-            return Err(FormError::TooManyFields);
-        }
-        let (name, value) = match pair.iter().position(|b| *b == b'=') {
-            Some(i) => (&pair[..i], &pair[i + 1..]),
-            None => (pair, &[][..]),
-        };
-        let name = String::from_utf8(percent_decode(name))
-            .map_err(|_| FormError::InvalidUtf8("a field name".into()))?;
-        let value = String::from_utf8(percent_decode(value))
-            .map_err(|_| FormError::InvalidUtf8(format!("field {name:?}")))?;
-        fields.push((name, value));
-    }
+    let fields = urlencoded::decode_pairs(body, MAX_FIELDS + 1).map_err(|e| match e {
+        urlencoded::UrlencodedError::InvalidUtf8(what) => FormError::InvalidUtf8(what),
+        urlencoded::UrlencodedError::TooManyFields(_) => FormError::TooManyFields,
+    })?;
     Ok(ParsedBody {
         fields,
         attachments: Vec::new(),
     })
-}
-
-/// `application/x-www-form-urlencoded` decoding: `+` is a space, `%XX` a
-/// byte; a `%` not followed by two hex digits stays as it is, as browsers do.
-fn percent_decode(input: &[u8]) -> Vec<u8> {
-    fn hex(b: u8) -> Option<u8> {
-        (b as char).to_digit(16).map(|d| d as u8)
-    }
-    let mut out = Vec::with_capacity(input.len());
-    let mut i = 0;
-    while i < input.len() {
-        match input[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < input.len() => match (hex(input[i + 1]), hex(input[i + 2])) {
-                (Some(h), Some(l)) => {
-                    out.push(h * 16 + l);
-                    i += 2;
-                }
-                _ => out.push(b'%'),
-            },
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    out
 }
 
 fn parse_json(body: &[u8]) -> Result<ParsedBody, FormError> {
@@ -262,14 +223,6 @@ async fn parse_multipart(body: &[u8], boundary: String) -> Result<ParsedBody, Fo
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn percent_decoding_keeps_stray_percent_signs() {
-        assert_eq!(percent_decode(b"a+b%20c"), b"a b c");
-        assert_eq!(percent_decode(b"100%"), b"100%");
-        assert_eq!(percent_decode(b"%zz%4"), b"%zz%4");
-        assert_eq!(percent_decode(b"%D0%AF"), "Я".as_bytes());
-    }
 
     #[tokio::test]
     async fn refuses_bytes_that_are_not_utf8() {

@@ -3,6 +3,7 @@
 //! leniency would corrupt data (bytes that are not UTF-8 are refused, not
 //! replaced); never panics.
 
+use leadgate_connector::urlencoded;
 use serde_json::Value;
 
 use crate::error::TelephonyError;
@@ -19,24 +20,10 @@ pub struct Form {
 impl Form {
     /// Decode `a=1&b=2`. The same decoding serves query strings.
     pub fn parse(body: &[u8]) -> Result<Form, TelephonyError> {
-        let mut pairs = Vec::new();
-        for pair in body.split(|b| *b == b'&') {
-            if pair.is_empty() {
-                continue;
-            }
-            if pairs.len() >= MAX_FIELDS {
-                return Err(TelephonyError::TooManyFields(MAX_FIELDS));
-            }
-            let (name, value) = match pair.iter().position(|b| *b == b'=') {
-                Some(i) => (&pair[..i], &pair[i + 1..]),
-                None => (pair, &[][..]),
-            };
-            let name = String::from_utf8(percent_decode(name))
-                .map_err(|_| TelephonyError::InvalidUtf8("a field name".into()))?;
-            let value = String::from_utf8(percent_decode(value))
-                .map_err(|_| TelephonyError::InvalidUtf8(format!("field {name:?}")))?;
-            pairs.push((name, value));
-        }
+        let pairs = urlencoded::decode_pairs(body, MAX_FIELDS).map_err(|e| match e {
+            urlencoded::UrlencodedError::InvalidUtf8(what) => TelephonyError::InvalidUtf8(what),
+            urlencoded::UrlencodedError::TooManyFields(n) => TelephonyError::TooManyFields(n),
+        })?;
         Ok(Form { pairs })
     }
 
@@ -55,31 +42,6 @@ impl Form {
     pub fn value(&self, name: &str) -> Option<&str> {
         self.raw(name).map(str::trim).filter(|v| !v.is_empty())
     }
-}
-
-/// `application/x-www-form-urlencoded` decoding: `+` is a space, `%XX` a
-/// byte; a `%` not followed by two hex digits stays as it is.
-pub fn percent_decode(input: &[u8]) -> Vec<u8> {
-    fn hex(b: u8) -> Option<u8> {
-        (b as char).to_digit(16).map(|d| d as u8)
-    }
-    let mut out = Vec::with_capacity(input.len());
-    let mut i = 0;
-    while i < input.len() {
-        match input[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < input.len() => match (hex(input[i + 1]), hex(input[i + 2])) {
-                (Some(h), Some(l)) => {
-                    out.push(h * 16 + l);
-                    i += 2;
-                }
-                _ => out.push(b'%'),
-            },
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    out
 }
 
 /// A generic webhook's fields, from a form or a JSON object.
@@ -165,14 +127,6 @@ pub fn parse_payload(content_type: Option<&str>, body: &[u8]) -> Result<Payload,
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn percent_decoding_keeps_stray_percent_signs() {
-        assert_eq!(percent_decode(b"a+b%20c"), b"a b c");
-        assert_eq!(percent_decode(b"100%"), b"100%");
-        assert_eq!(percent_decode(b"%zz%4"), b"%zz%4");
-        assert_eq!(percent_decode(b"%D0%AF"), "Я".as_bytes());
-    }
 
     #[test]
     fn forms_keep_the_last_value_and_refuse_bad_utf8() {

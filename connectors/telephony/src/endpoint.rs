@@ -1,5 +1,4 @@
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
@@ -9,27 +8,25 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use chrono::Utc;
 use http::{HeaderValue, StatusCode, header};
-use leadgate_connector::{Sink, SinkError};
+use leadgate_connector::{LiveChannels, Sink, SinkError};
 use serde_json::json;
 
 use crate::config::TelephonyChannel;
 use crate::error::TelephonyError;
 use crate::webhook::{Outcome, WebhookRequest, parse_webhook};
 
-type ChannelTable = Arc<HashMap<String, Arc<TelephonyChannel>>>;
-
 /// Shared state of the telephony endpoints. Channels can be replaced at run
 /// time (config reload) without rebuilding the router.
 #[derive(Clone)]
 pub struct TelephonyState {
-    channels: Arc<RwLock<ChannelTable>>,
+    channels: LiveChannels<TelephonyChannel>,
     sink: Arc<dyn Sink>,
 }
 
 impl TelephonyState {
     pub fn new(sink: Arc<dyn Sink>, channels: Vec<TelephonyChannel>) -> Self {
         let state = TelephonyState {
-            channels: Arc::default(),
+            channels: LiveChannels::default(),
             sink,
         };
         state.set_channels(channels);
@@ -48,19 +45,12 @@ impl TelephonyState {
                 );
             }
         }
-        let map = channels
-            .into_iter()
-            .map(|c| (c.id.0.clone(), Arc::new(c)))
-            .collect();
-        *self.channels.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(map);
+        self.channels
+            .replace(channels.into_iter().map(|c| (c.id.0.clone(), c)));
     }
 
     fn channel(&self, name: &str) -> Option<Arc<TelephonyChannel>> {
-        self.channels
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(name)
-            .cloned()
+        self.channels.get(name)
     }
 }
 
