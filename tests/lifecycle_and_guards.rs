@@ -347,3 +347,48 @@ async fn postgres_listeners_get_one_notify_per_new_lead() {
         "no extra notification"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_count_inbound_leads_commits_and_responses() {
+    let cfg = TestConfig::corpus(None);
+    let _daemon = Daemon::start(&cfg);
+    let client = reqwest::Client::new();
+    for body in [
+        "phone=89990000301",
+        "phone=89990000301",
+        "comment=no+contact",
+    ] {
+        client
+            .post(format!("{}/forms/site", cfg.base_url()))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+    }
+    let r = client
+        .get(format!("{}/metrics", cfg.base_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    let text = r.text().await.unwrap();
+    for line in [
+        "leadgate_inbound_total{channel=\"site\",disposition=\"lead_created\"} 1",
+        "leadgate_inbound_total{channel=\"site\",disposition=\"duplicate\"} 1",
+        "leadgate_leads_created_total{channel=\"site\"} 1",
+        "leadgate_routing_decisions_total{assigned_by=\"channel_default\"} 1",
+        "leadgate_http_responses_total{endpoint=\"forms\",status=\"200\"} 2",
+        "leadgate_http_responses_total{endpoint=\"forms\",status=\"422\"} 1",
+        "leadgate_store_up 1",
+        "leadgate_commit_batch_items_count 2",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in\n{text}");
+    }
+}
