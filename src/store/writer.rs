@@ -107,8 +107,8 @@ async fn commit(store: &Store, batch: Vec<WriteRequest>) {
             }
         }
         Err(e) => {
-            tracing::error!(error = %e, requests = batch.len(), "commit failed;
-            crate::metrics::commit(0, started.elapsed().as_secs_f64(), false); nothing acknowledged");
+            tracing::error!(error = %e, requests = batch.len(), "commit failed; nothing acknowledged");
+            crate::metrics::commit(0, started.elapsed().as_secs_f64(), false);
             let err = unavailable(&e);
             for req in batch {
                 let _ = req.reply.send(Err(err.clone()));
