@@ -79,11 +79,19 @@ pub trait Tx: Send {
         key: &str,
         since: DateTime<Utc>,
     ) -> impl Future<Output = R<Option<(i64, Option<i64>)>>> + Send;
-    fn find_contact(
+    /// The contacts of these `(kind, value)` identities, in one query.
+    fn find_contacts(
         &mut self,
-        kind: &str,
-        value: &str,
-    ) -> impl Future<Output = R<Option<i64>>> + Send;
+        ids: &[(&str, &str)],
+    ) -> impl Future<Output = R<Vec<(String, String, i64)>>> + Send;
+    /// Record identities for a contact in one statement; ones already
+    /// bound to a contact stay where they are.
+    fn insert_identities(
+        &mut self,
+        contact: i64,
+        ids: &[(&str, &str)],
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = R<()>> + Send;
     /// Whether the contact already has an identity of this kind.
     fn contact_has_kind(
         &mut self,
@@ -95,13 +103,6 @@ pub trait Tx: Send {
         name: Option<&str>,
         now: DateTime<Utc>,
     ) -> impl Future<Output = R<i64>> + Send;
-    fn insert_identity(
-        &mut self,
-        contact: i64,
-        kind: &str,
-        value: &str,
-        now: DateTime<Utc>,
-    ) -> impl Future<Output = R<()>> + Send;
     /// The lead of an earlier inbound on the channel with this `source_ref`.
     fn find_lead_of(
         &mut self,
@@ -211,12 +212,44 @@ macro_rules! impl_tx {
                 row.map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).transpose()
             }
 
-            async fn find_contact(&mut self, kind: &str, value: &str) -> R<Option<i64>> {
-                sqlx::query_scalar("SELECT contact_id FROM contact_identities WHERE kind = $1 AND value = $2")
-                    .bind(kind)
-                    .bind(value)
-                    .fetch_optional(&mut *self)
-                    .await
+            async fn find_contacts(&mut self, ids: &[(&str, &str)]) -> R<Vec<(String, String, i64)>> {
+                if ids.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let mut sql = String::from("SELECT kind, value, contact_id FROM contact_identities WHERE ");
+                for i in 0..ids.len() {
+                    if i > 0 {
+                        sql.push_str(" OR ");
+                    }
+                    sql.push_str(&format!("(kind = ${} AND value = ${})", 2 * i + 1, 2 * i + 2));
+                }
+                let mut q = sqlx::query(&sql);
+                for (kind, value) in ids {
+                    q = q.bind(*kind).bind(*value);
+                }
+                let rows = q.fetch_all(&mut *self).await?;
+                rows.iter()
+                    .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+                    .collect()
+            }
+
+            async fn insert_identities(&mut self, contact: i64, ids: &[(&str, &str)], now: DateTime<Utc>) -> R<()> {
+                if ids.is_empty() {
+                    return Ok(());
+                }
+                let mut sql = String::from("INSERT INTO contact_identities (kind, value, contact_id, created_at) VALUES ");
+                for i in 0..ids.len() {
+                    if i > 0 {
+                        sql.push_str(", ");
+                    }
+                    sql.push_str(&format!("(${}, ${}, $1, $2)", 2 * i + 3, 2 * i + 4));
+                }
+                sql.push_str(" ON CONFLICT (kind, value) DO NOTHING");
+                let mut q = sqlx::query(&sql).bind(contact).bind(now);
+                for (kind, value) in ids {
+                    q = q.bind(*kind).bind(*value);
+                }
+                q.execute(&mut *self).await.map(|_| ())
             }
 
             async fn contact_has_kind(&mut self, contact: i64, kind: &str) -> R<bool> {
@@ -236,20 +269,6 @@ macro_rules! impl_tx {
                     .bind(now)
                     .fetch_one(&mut *self)
                     .await
-            }
-
-            async fn insert_identity(&mut self, contact: i64, kind: &str, value: &str, now: DateTime<Utc>) -> R<()> {
-                sqlx::query(
-                    "INSERT INTO contact_identities (kind, value, contact_id, created_at) VALUES ($1, $2, $3, $4) \
-                     ON CONFLICT (kind, value) DO NOTHING",
-                )
-                .bind(kind)
-                .bind(value)
-                .bind(contact)
-                .bind(now)
-                .execute(&mut *self)
-                .await
-                .map(|_| ())
             }
 
             async fn find_lead_of(&mut self, channel: &str, source_ref: &str) -> R<Option<i64>> {

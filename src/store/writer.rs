@@ -5,8 +5,8 @@
 
 use chrono::Utc;
 use leadgate_connector::{
-    CallDirection, CallEvent, CallPhase, ChannelId, CursorUpdate, Disposition, IdentityKind,
-    Receipt, SinkError, fields,
+    CallDirection, CallEvent, CallPhase, ChannelId, CursorUpdate, Dedupe, Disposition,
+    IdentityKind, Receipt, SinkError, fields,
 };
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
@@ -199,7 +199,11 @@ async fn apply<T: Tx>(tx: &mut T, item: &Prepared) -> sqlx::Result<Receipt> {
     let channel = inbound.channel.as_str();
     let now = Utc::now();
 
-    if let Some((id, lead)) = tx.find_inbound(channel, &inbound.source_ref).await? {
+    // A connector-made unique ref (no provider id) cannot repeat: the
+    // content window below is what recognises a repeated post.
+    if inbound.dedupe == Dedupe::SourceRef
+        && let Some((id, lead)) = tx.find_inbound(channel, &inbound.source_ref).await?
+    {
         return Ok(receipt(id, Disposition::Duplicate, lead));
     }
     let row = |disposition, reason, lead, contact| {
@@ -241,7 +245,10 @@ async fn apply<T: Tx>(tx: &mut T, item: &Prepared) -> sqlx::Result<Receipt> {
         }
     }
 
-    let contact = identify(tx, item, now).await?;
+    let Identified {
+        contact,
+        new: new_contact,
+    } = identify(tx, item, now).await?;
     let mut open_lead = None;
     for reference in &inbound.thread_refs {
         if let Some(lead) = tx.find_lead_of(channel, reference).await? {
@@ -250,6 +257,7 @@ async fn apply<T: Tx>(tx: &mut T, item: &Prepared) -> sqlx::Result<Receipt> {
         }
     }
     if open_lead.is_none()
+        && !new_contact
         && let Some(contact) = contact
         && let Some(lead) = tx
             .find_open_lead(contact, channel, item.activity_since)
@@ -383,7 +391,7 @@ async fn outbound_call<T: Tx>(
     event: &CallEvent,
     now: chrono::DateTime<Utc>,
 ) -> sqlx::Result<Receipt> {
-    let contact = identify(tx, item, now).await?;
+    let contact = identify(tx, item, now).await?.contact;
     let lead = match contact {
         Some(c) => tx.latest_lead_of(c).await?,
         None => None,
@@ -528,22 +536,46 @@ async fn identify<T: Tx>(
     tx: &mut T,
     item: &Prepared,
     now: chrono::DateTime<Utc>,
-) -> sqlx::Result<Option<i64>> {
+) -> sqlx::Result<Identified> {
     if item.identities.is_empty() {
-        return Ok(None);
+        return Ok(Identified {
+            contact: None,
+            new: false,
+        });
     }
-    let mut by_email = None;
-    let mut by_other = None;
-    let mut has_email = false;
-    for (kind, value) in &item.identities {
-        let found = tx.find_contact(kind.as_str(), value).await?;
-        if *kind == IdentityKind::Email {
-            has_email = true;
-            by_email = by_email.or(found);
-        } else {
-            by_other = by_other.or(found);
-        }
-    }
+    let ids: Vec<(&str, &str)> = item
+        .identities
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let found = tx.find_contacts(&ids).await?;
+    let owner = |kind: IdentityKind| {
+        item.identities
+            .iter()
+            .filter(|(k, _)| *k == kind)
+            .find_map(|(k, v)| {
+                found
+                    .iter()
+                    .find(|(fk, fv, _)| fk == k.as_str() && fv == v)
+                    .map(|f| f.2)
+            })
+    };
+    let has_email = item
+        .identities
+        .iter()
+        .any(|(k, _)| *k == IdentityKind::Email);
+    let by_email = owner(IdentityKind::Email);
+    // Identities in the item's order, strongest first.
+    let by_other = item
+        .identities
+        .iter()
+        .filter(|(k, _)| *k != IdentityKind::Email)
+        .find_map(|(k, v)| {
+            found
+                .iter()
+                .find(|(fk, fv, _)| fk == k.as_str() && fv == v)
+                .map(|f| f.2)
+        });
     let matched = match (by_email, by_other) {
         (Some(c), _) => Some(c),
         (None, Some(c))
@@ -553,15 +585,27 @@ async fn identify<T: Tx>(
         }
         (None, other) => other,
     };
-    let contact = match matched {
-        Some(c) => c,
-        None => tx.insert_contact(item.name.as_deref(), now).await?,
+    let (contact, new) = match matched {
+        Some(c) => (c, false),
+        None => (tx.insert_contact(item.name.as_deref(), now).await?, true),
     };
-    for (kind, value) in &item.identities {
-        tx.insert_identity(contact, kind.as_str(), value, now)
-            .await?;
-    }
-    Ok(Some(contact))
+    // Only identities not yet bound to anyone need a write.
+    let unbound: Vec<(&str, &str)> = ids
+        .iter()
+        .filter(|(k, v)| !found.iter().any(|(fk, fv, _)| fk == k && fv == v))
+        .copied()
+        .collect();
+    tx.insert_identities(contact, &unbound, now).await?;
+    Ok(Identified {
+        contact: Some(contact),
+        new,
+    })
+}
+
+/// The sender's contact, and whether this item created it.
+struct Identified {
+    contact: Option<i64>,
+    new: bool,
 }
 
 /// Resolve a route to `(user, role, note)`.
