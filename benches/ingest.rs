@@ -688,7 +688,7 @@ fn cpu_delta(before: &CpuSnap, after: &CpuSnap, wall: Duration) -> (f64, String)
         .map(|(g, t)| (t.saturating_sub(*before.groups.get(g).unwrap_or(&0)), g))
         .filter(|(t, _)| *t > 0)
         .collect();
-    parts.sort_by(|a, b| b.0.cmp(&a.0));
+    parts.sort_by_key(|b| std::cmp::Reverse(b.0));
     let detail = parts
         .iter()
         .map(|(t, g)| format!("{g} {:.0}%", pc(*t)))
