@@ -448,34 +448,7 @@ impl TelephonyChannel {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn settings(provider: TelephonyProvider) -> TelephonySettings {
-        TelephonySettings {
-            provider,
-            api_key: None,
-            api_key_file: None,
-            api_key_env: None,
-            api_salt: None,
-            api_salt_file: None,
-            api_salt_env: None,
-            api_secret: None,
-            api_secret_file: None,
-            api_secret_env: None,
-            token: None,
-            token_file: None,
-            token_env: None,
-            token_header: None,
-            hmac_secret: None,
-            hmac_secret_file: None,
-            hmac_secret_env: None,
-            hmac_header: None,
-            internal_number_max_digits: 5,
-            max_body_bytes: 65536,
-            time_offset: None,
-            fields: None,
-            values: None,
-        }
-    }
+    use crate::tests::support::settings;
 
     #[test]
     fn offsets_parse() {

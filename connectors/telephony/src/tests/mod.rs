@@ -5,4 +5,4 @@ mod corpus;
 mod generic;
 mod robustness;
 mod router;
-mod support;
+pub(crate) mod support;
