@@ -19,6 +19,7 @@
 //! Connector crates depend on this crate only: never on the core, never on
 //! each other.
 
+pub mod body;
 mod duration;
 mod error;
 mod inbound;

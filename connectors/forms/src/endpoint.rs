@@ -11,6 +11,7 @@ use axum::routing::post;
 use chrono::Utc;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
+use leadgate_connector::body::{BodyError, read_bounded};
 use leadgate_connector::{
     Dedupe, Flag, IdentityKind, Inbound, LiveChannels, Receipt, Sink, SinkError, fields,
 };
@@ -251,18 +252,13 @@ async fn accept(
         }
     }
     let limit = channel.settings.max_body_bytes;
-    let declared_len = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared_len.is_some_and(|len| len > limit as u64) {
-        return Err(FormError::TooLarge(limit));
-    }
     let (parts, body) = request.into_parts();
-    let body = axum::body::to_bytes(Body::new(body), limit)
+    let body = read_bounded(&parts.headers, Body::new(body), limit)
         .await
-        .map_err(|_| FormError::TooLarge(limit))?;
+        .map_err(|e| match e {
+            BodyError::TooLarge(limit) => FormError::TooLarge(limit),
+            BodyError::Interrupted(why) => FormError::Interrupted(why),
+        })?;
     let content_type = parts
         .headers
         .get(header::CONTENT_TYPE)

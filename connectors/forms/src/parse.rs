@@ -25,6 +25,8 @@ pub enum FormError {
     UnsupportedContentType(String),
     #[error("body too large: the limit is {0} bytes")]
     TooLarge(usize),
+    #[error("the body was cut off: {0}")]
+    Interrupted(String),
     #[error("too many fields: the limit is {MAX_FIELDS}")]
     TooManyFields,
     #[error("no phone, email or messenger contact in the form")]
@@ -50,7 +52,8 @@ impl FormError {
             | FormError::InvalidUtf8(_)
             | FormError::MalformedJson(_)
             | FormError::JsonNotObject
-            | FormError::MalformedMultipart(_) => StatusCode::BAD_REQUEST,
+            | FormError::MalformedMultipart(_)
+            | FormError::Interrupted(_) => StatusCode::BAD_REQUEST,
             FormError::UnsupportedContentType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             FormError::TooLarge(_) | FormError::TooManyFields => StatusCode::PAYLOAD_TOO_LARGE,
             FormError::NoContact => StatusCode::UNPROCESSABLE_ENTITY,
@@ -71,6 +74,7 @@ impl FormError {
             FormError::MalformedMultipart(_) => "malformed_multipart",
             FormError::UnsupportedContentType(_) => "unsupported_content_type",
             FormError::TooLarge(_) | FormError::TooManyFields => "body_too_large",
+            FormError::Interrupted(_) => "body_interrupted",
             FormError::NoContact => "no_contact",
             FormError::MissingKey => "missing_key",
             FormError::WrongKey => "wrong_key",

@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use chrono::Utc;
 use http::{HeaderValue, StatusCode, header};
+use leadgate_connector::body::{BodyError, read_bounded};
 use leadgate_connector::{LiveChannels, Sink, SinkError};
 use serde_json::json;
 
@@ -123,18 +124,13 @@ async fn accept(
     request: Request,
 ) -> Result<Response, TelephonyError> {
     let limit = channel.settings.max_body_bytes;
-    let declared_len = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared_len.is_some_and(|len| len > limit as u64) {
-        return Err(TelephonyError::TooLarge(limit));
-    }
     let (parts, body) = request.into_parts();
-    let body = axum::body::to_bytes(Body::new(body), limit)
+    let body = read_bounded(&parts.headers, Body::new(body), limit)
         .await
-        .map_err(|_| TelephonyError::TooLarge(limit))?;
+        .map_err(|e| match e {
+            BodyError::TooLarge(limit) => TelephonyError::TooLarge(limit),
+            BodyError::Interrupted(why) => TelephonyError::Interrupted(why),
+        })?;
     let webhook = WebhookRequest {
         method: &parts.method,
         path,

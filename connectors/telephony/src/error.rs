@@ -14,6 +14,8 @@ pub enum TelephonyError {
     MethodNotAllowed(String),
     #[error("body too large: the limit is {0} bytes")]
     TooLarge(usize),
+    #[error("the body was cut off: {0}")]
+    Interrupted(String),
     #[error("too many fields: the limit is {0}")]
     TooManyFields(usize),
     /// The request is not from the PBX (wrong key, sign, signature or
@@ -52,6 +54,7 @@ impl TelephonyError {
             }
             TelephonyError::BadSignature(_) => StatusCode::UNAUTHORIZED,
             TelephonyError::InvalidUtf8(_)
+            | TelephonyError::Interrupted(_)
             | TelephonyError::InvalidJsonField(_)
             | TelephonyError::InvalidJsonBody(_)
             | TelephonyError::MissingField(_)
@@ -74,6 +77,7 @@ impl TelephonyError {
                 "malformed_json"
             }
             TelephonyError::UnsupportedContentType(_) => "unsupported_content_type",
+            TelephonyError::Interrupted(_) => "body_interrupted",
             TelephonyError::MissingField(_) => "missing_field",
             TelephonyError::InvalidField { .. } => "invalid_field",
             TelephonyError::Unavailable => "unavailable",
