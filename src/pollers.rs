@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use leadgate_connector::{CancellationToken, PollerContext, Sink};
+use leadgate_connector::{CancellationToken, ChannelId, ConnectorError, PollerContext, Sink};
 use leadgate_imap::{ImapChannel, ImapSettings};
 use tokio::task::JoinHandle;
 
@@ -19,8 +19,49 @@ use crate::store::{LeaseKeeper, Store};
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 const PERMANENT_RETRY: Duration = Duration::from_secs(600);
 
+/// A polling channel's settings, compared on reload to decide what to
+/// restart.
+#[derive(Debug, Clone, PartialEq)]
+enum PollerSettings {
+    Imap(ImapSettings),
+}
+
+impl PollerSettings {
+    fn of(protocol: &ChannelProtocol) -> Option<PollerSettings> {
+        match protocol {
+            ChannelProtocol::Imap(s) => Some(PollerSettings::Imap((**s).clone())),
+            _ => None,
+        }
+    }
+
+    fn build(&self, id: ChannelId) -> Result<PollerChannel, String> {
+        match self {
+            PollerSettings::Imap(s) => ImapChannel::new(id, s.clone()).map(PollerChannel::Imap),
+        }
+    }
+}
+
+/// A polling channel ready to run: one session until it fails or stops.
+enum PollerChannel {
+    Imap(ImapChannel),
+}
+
+impl PollerChannel {
+    fn id(&self) -> &ChannelId {
+        match self {
+            PollerChannel::Imap(c) => &c.id,
+        }
+    }
+
+    async fn run(&self, ctx: &PollerContext) -> Result<(), ConnectorError> {
+        match self {
+            PollerChannel::Imap(c) => leadgate_imap::run(c, ctx).await,
+        }
+    }
+}
+
 struct Running {
-    settings: ImapSettings,
+    settings: PollerSettings,
     stop: CancellationToken,
     task: JoinHandle<()>,
 }
@@ -58,14 +99,11 @@ impl Pollers {
 
     /// Make the running pollers match `config`.
     pub async fn apply(&mut self, config: &Config) {
-        let wanted: HashMap<String, ImapSettings> = config
+        let wanted: HashMap<String, PollerSettings> = config
             .channels
             .iter()
             .filter(|c| c.enabled)
-            .filter_map(|c| match &c.protocol {
-                ChannelProtocol::Imap(s) => Some((c.id.0.clone(), (**s).clone())),
-                _ => None,
-            })
+            .filter_map(|c| Some((c.id.0.clone(), PollerSettings::of(&c.protocol)?)))
             .collect();
         let stale: Vec<String> = self
             .running
@@ -84,7 +122,7 @@ impl Pollers {
             if self.running.contains_key(&id) {
                 continue;
             }
-            let channel = match ImapChannel::new(id.as_str().into(), settings.clone()) {
+            let channel = match settings.build(id.as_str().into()) {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::error!(channel = %id, error = %e, "poller not started");
@@ -104,10 +142,10 @@ impl Pollers {
         }
     }
 
-    fn spawn(&self, channel: ImapChannel, stop: CancellationToken) -> JoinHandle<()> {
+    fn spawn(&self, channel: PollerChannel, stop: CancellationToken) -> JoinHandle<()> {
         let keeper = LeaseKeeper {
             store: self.store.clone(),
-            name: format!("poller:{}", channel.id),
+            name: format!("poller:{}", channel.id()),
             owner: self.owner.clone(),
             ttl: self.lease_ttl,
         };
@@ -153,12 +191,12 @@ fn jitter(d: Duration) -> Duration {
 }
 
 async fn supervise(
-    channel: Arc<ImapChannel>,
+    channel: Arc<PollerChannel>,
     store: Store,
     sink: Arc<dyn Sink>,
     held: CancellationToken,
 ) {
-    let id = channel.id.clone();
+    let id = channel.id().clone();
     let mut backoff = Duration::from_secs(1);
     crate::metrics::set("leadgate_poller_up", &[("channel", id.as_str())], 0.0);
     while !held.is_cancelled() {
@@ -181,7 +219,7 @@ async fn supervise(
         };
         let started = Instant::now();
         crate::metrics::set("leadgate_poller_up", &[("channel", id.as_str())], 1.0);
-        let result = leadgate_imap::run(&channel, &ctx).await;
+        let result = channel.run(&ctx).await;
         crate::metrics::set("leadgate_poller_up", &[("channel", id.as_str())], 0.0);
         let Err(e) = result else { break };
         crate::metrics::inc(
