@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use leadgate_forms::{FormChannel, FormsState};
 use leadgate_telephony::{TelephonyChannel, TelephonyState};
+use leadgate_vk::{VkChannel, VkState};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
@@ -37,6 +38,22 @@ pub fn telephony_channels(config: &Config) -> Vec<TelephonyChannel> {
         .filter_map(|c| match &c.protocol {
             ChannelProtocol::Telephony(settings) => {
                 TelephonyChannel::new(c.id.clone(), (**settings).clone()).ok()
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// Every enabled VK channel: the Callback endpoint serves those in
+/// callback mode and refuses requests for the long-poll ones by name.
+pub fn vk_channels(config: &Config) -> Vec<VkChannel> {
+    config
+        .channels
+        .iter()
+        .filter(|c| c.enabled)
+        .filter_map(|c| match &c.protocol {
+            ChannelProtocol::Vk(settings) => {
+                VkChannel::new(c.id.clone(), (**settings).clone()).ok()
             }
             _ => None,
         })
@@ -76,6 +93,7 @@ pub async fn run(config_dir: &Path, config: Config) -> anyhow::Result<()> {
     ));
     let forms = FormsState::new(pipeline.clone(), form_channels(&config));
     let telephony = TelephonyState::new(pipeline.clone(), telephony_channels(&config));
+    let vk = VkState::new(pipeline.clone(), vk_channels(&config));
     let mut pollers = Pollers::new(
         store.clone(),
         pipeline.clone(),
@@ -91,6 +109,7 @@ pub async fn run(config_dir: &Path, config: Config) -> anyhow::Result<()> {
         vec![
             leadgate_forms::router(forms.clone()),
             leadgate_telephony::router(telephony.clone()),
+            leadgate_vk::router(vk.clone()),
         ],
     );
     let shutdown = CancellationToken::new();
@@ -141,6 +160,7 @@ pub async fn run(config_dir: &Path, config: Config) -> anyhow::Result<()> {
                     pipeline.replace_settings(PipelineSettings::from_config(&new));
                     forms.set_channels(form_channels(&new));
                     telephony.set_channels(telephony_channels(&new));
+                    vk.set_channels(vk_channels(&new));
                     pollers.apply(&new).await;
                     tracing::info!(channels = new.channels.len(), "configuration reloaded");
                     notifier.notify(&format!("STATUS=reloaded: serving {} channel(s)", new.channels.iter().filter(|c| c.enabled).count()));
@@ -167,6 +187,7 @@ pub async fn run(config_dir: &Path, config: Config) -> anyhow::Result<()> {
     // commits, and ends.
     drop(forms);
     drop(telephony);
+    drop(vk);
     drop(pipeline);
     writer_task.await.ok();
     store.close().await;

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use leadgate_connector::{CancellationToken, ChannelId, ConnectorError, PollerContext, Sink};
 use leadgate_imap::{ImapChannel, ImapSettings};
+use leadgate_vk::{VkChannel, VkMode, VkSettings};
 use tokio::task::JoinHandle;
 
 use crate::config::{ChannelProtocol, Config};
@@ -24,12 +25,18 @@ const PERMANENT_RETRY: Duration = Duration::from_secs(600);
 #[derive(Debug, Clone, PartialEq)]
 enum PollerSettings {
     Imap(ImapSettings),
+    /// A VK community read by Bots Long Poll (Callback channels are served
+    /// by the HTTP endpoint instead).
+    Vk(VkSettings),
 }
 
 impl PollerSettings {
     fn of(protocol: &ChannelProtocol) -> Option<PollerSettings> {
         match protocol {
             ChannelProtocol::Imap(s) => Some(PollerSettings::Imap((**s).clone())),
+            ChannelProtocol::Vk(s) if s.mode == VkMode::LongPoll => {
+                Some(PollerSettings::Vk((**s).clone()))
+            }
             _ => None,
         }
     }
@@ -37,6 +44,7 @@ impl PollerSettings {
     fn build(&self, id: ChannelId) -> Result<PollerChannel, String> {
         match self {
             PollerSettings::Imap(s) => ImapChannel::new(id, s.clone()).map(PollerChannel::Imap),
+            PollerSettings::Vk(s) => VkChannel::new(id, s.clone()).map(PollerChannel::Vk),
         }
     }
 }
@@ -44,18 +52,21 @@ impl PollerSettings {
 /// A polling channel ready to run: one session until it fails or stops.
 enum PollerChannel {
     Imap(ImapChannel),
+    Vk(VkChannel),
 }
 
 impl PollerChannel {
     fn id(&self) -> &ChannelId {
         match self {
             PollerChannel::Imap(c) => &c.id,
+            PollerChannel::Vk(c) => &c.id,
         }
     }
 
     async fn run(&self, ctx: &PollerContext) -> Result<(), ConnectorError> {
         match self {
             PollerChannel::Imap(c) => leadgate_imap::run(c, ctx).await,
+            PollerChannel::Vk(c) => leadgate_vk::run(c, ctx).await,
         }
     }
 }

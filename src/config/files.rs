@@ -6,6 +6,7 @@ use leadgate_connector::ChannelId;
 use leadgate_forms::{FormChannel, FormSettings};
 use leadgate_imap::{ImapChannel, ImapSettings};
 use leadgate_telephony::{TelephonyChannel, TelephonySettings};
+use leadgate_vk::{VkChannel, VkSettings};
 use regex::Regex;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -440,6 +441,7 @@ struct ChannelFile {
     form: Option<FormSettings>,
     imap: Option<ImapSettings>,
     telephony: Option<TelephonySettings>,
+    vk: Option<VkSettings>,
 }
 
 fn yes() -> bool {
@@ -530,6 +532,20 @@ fn load_channels(
                 }
                 ChannelProtocol::Telephony(Box::new(settings))
             }
+            ChannelKind::Vk => {
+                let Some(settings) = file.vk.clone() else {
+                    l.problem(
+                        &path,
+                        Some("vk"),
+                        "a vk channel needs a [vk] table with `group_id`",
+                    );
+                    continue;
+                };
+                if let Err(e) = VkChannel::new(ChannelId(id.clone()), settings.clone()) {
+                    l.problem(&path, Some("vk"), e);
+                }
+                ChannelProtocol::Vk(Box::new(settings))
+            }
             other => {
                 l.problem(
                     &path,
@@ -550,6 +566,7 @@ fn load_channels(
                 file.telephony.is_some(),
                 ChannelKind::Telephony,
             ),
+            ("vk", file.vk.is_some(), ChannelKind::Vk),
         ];
         for (table, present, owner) in tables {
             if present && owner != file.kind {

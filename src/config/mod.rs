@@ -24,6 +24,7 @@ use leadgate_connector::{ChannelId, Secret};
 use leadgate_forms::FormSettings;
 use leadgate_imap::ImapSettings;
 use leadgate_telephony::TelephonySettings;
+use leadgate_vk::VkSettings;
 use serde::Deserialize;
 
 pub use files::{load, phone_region};
@@ -288,6 +289,7 @@ pub enum ChannelProtocol {
     Form(Box<FormSettings>),
     Imap(Box<ImapSettings>),
     Telephony(Box<TelephonySettings>),
+    Vk(Box<VkSettings>),
 }
 
 /// Resolve the database URL: `url`, else `url_file`, else the packaged
