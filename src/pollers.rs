@@ -24,18 +24,18 @@ const PERMANENT_RETRY: Duration = Duration::from_secs(600);
 /// restart.
 #[derive(Debug, Clone, PartialEq)]
 enum PollerSettings {
-    Imap(ImapSettings),
+    Imap(Box<ImapSettings>),
     /// A VK community read by Bots Long Poll (Callback channels are served
     /// by the HTTP endpoint instead).
-    Vk(VkSettings),
+    Vk(Box<VkSettings>),
 }
 
 impl PollerSettings {
     fn of(protocol: &ChannelProtocol) -> Option<PollerSettings> {
         match protocol {
-            ChannelProtocol::Imap(s) => Some(PollerSettings::Imap((**s).clone())),
+            ChannelProtocol::Imap(s) => Some(PollerSettings::Imap(s.clone())),
             ChannelProtocol::Vk(s) if s.mode == VkMode::LongPoll => {
-                Some(PollerSettings::Vk((**s).clone()))
+                Some(PollerSettings::Vk(s.clone()))
             }
             _ => None,
         }
@@ -43,8 +43,8 @@ impl PollerSettings {
 
     fn build(&self, id: ChannelId) -> Result<PollerChannel, String> {
         match self {
-            PollerSettings::Imap(s) => ImapChannel::new(id, s.clone()).map(PollerChannel::Imap),
-            PollerSettings::Vk(s) => VkChannel::new(id, s.clone()).map(PollerChannel::Vk),
+            PollerSettings::Imap(s) => ImapChannel::new(id, (**s).clone()).map(PollerChannel::Imap),
+            PollerSettings::Vk(s) => VkChannel::new(id, (**s).clone()).map(PollerChannel::Vk),
         }
     }
 }

@@ -1,0 +1,218 @@
+//! The fuzz targets as stable property tests: each runs on every seed of
+//! `../shared/corpus`, then on a bounded number of structure-aware
+//! mutations of them (byte changes, truncation, splicing between seeds,
+//! inserted encoded words, charsets, boundaries and escapes, huge
+//! repeats). A case fails when its target finds a broken property (a
+//! panic, a 5xx for a bad request, an output over the crate's limit) or
+//! runs for [`HANG`]: far beyond any real parse, so a loaded machine never
+//! trips it.
+//!
+//! `LEADGATE_PROP_CASES=N` runs N mutated cases per target instead of the
+//! CI default (long local runs: see docs/reliability.md).
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use leadgate_fuzz_targets::corpus::{self, Seed};
+use leadgate_fuzz_targets::mutate::{self, Mutation};
+use leadgate_fuzz_targets::{Verdict, flipped_signature_is_refused};
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestCaseError, TestError, TestRunner};
+
+/// One case running this long is a hang, not a slow parse.
+const HANG: Duration = Duration::from_secs(10);
+
+fn cases(ci_default: u32) -> u32 {
+    match std::env::var("LEADGATE_PROP_CASES") {
+        Ok(v) => v
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("LEADGATE_PROP_CASES={v:?} is not a number")),
+        Err(_) => ci_default,
+    }
+}
+
+/// Aborts the process, naming the input, when one case runs past [`HANG`]:
+/// a hung parser cannot be interrupted, and a test that never ends fails
+/// nothing.
+struct Watchdog {
+    running: Arc<Mutex<Option<(Instant, Arc<[u8]>)>>>,
+}
+
+impl Watchdog {
+    fn start(target: &'static str) -> Watchdog {
+        let running: Arc<Mutex<Option<(Instant, Arc<[u8]>)>>> = Arc::default();
+        let watched = Arc::downgrade(&running);
+        std::thread::spawn(move || {
+            while let Some(running) = watched.upgrade() {
+                let hung = running
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .as_ref()
+                    .filter(|(since, _)| since.elapsed() > HANG)
+                    .map(|(_, input)| input.clone());
+                if let Some(input) = hung {
+                    let path = save_failure(target, "hang", &input);
+                    eprintln!(
+                        "{target}: one case ran for more than {HANG:?}; input saved to {}",
+                        path.display()
+                    );
+                    std::process::abort();
+                }
+                drop(running);
+                std::thread::sleep(Duration::from_millis(250));
+            }
+        });
+        Watchdog { running }
+    }
+
+    fn guard<T>(&self, input: Arc<[u8]>, run: impl FnOnce(&[u8]) -> T) -> T {
+        *self.running.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((Instant::now(), input.clone()));
+        let out = run(&input);
+        *self.running.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        out
+    }
+}
+
+/// Keeps a failing input where a regression test can be made from it.
+fn save_failure(target: &str, what: &str, input: &[u8]) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("prop-failures");
+    let _ = std::fs::create_dir_all(&dir);
+    let path = dir.join(format!("{target}-{what}-{}.bin", std::process::id()));
+    let _ = std::fs::write(&path, input);
+    path
+}
+
+fn mutation() -> impl Strategy<Value = Mutation> {
+    prop_oneof![
+        3 => (any::<usize>(), any::<u8>()).prop_map(|(at, byte)| Mutation::Set { at, byte }),
+        2 => (any::<usize>(), any::<u8>()).prop_map(|(at, bit)| Mutation::FlipBit { at, bit }),
+        1 => any::<usize>().prop_map(|at| Mutation::Truncate { at }),
+        2 => (any::<usize>(), any::<usize>()).prop_map(|(at, len)| Mutation::Delete { at, len }),
+        4 => (any::<usize>(), any::<usize>())
+            .prop_map(|(at, token)| Mutation::InsertToken { at, token }),
+        2 => (any::<usize>(), any::<usize>(), any::<usize>(), any::<usize>()).prop_map(
+            |(at, seed, from, len)| Mutation::Splice { at, seed, from, len }
+        ),
+        // Mostly a few repeats; sometimes up to a megabyte, which is slow
+        // to parse, so rarely.
+        1 => (any::<usize>(), any::<usize>(), prop_oneof![9 => 0..64usize, 1 => any::<usize>()])
+            .prop_map(|(at, len, times)| Mutation::Repeat { at, len, times }),
+    ]
+}
+
+struct Stats {
+    executions: AtomicU64,
+    accepted: AtomicU64,
+}
+
+/// Every seed as it is, then `cases` mutated ones; fails with the
+/// smallest failing mutation proptest finds, its input saved to a file.
+fn check_target(target: &'static str, run: fn(&[u8]) -> Verdict, ci_cases: u32) {
+    let seeds: Vec<Seed> = corpus::seeds(target);
+    let watchdog = Watchdog::start(target);
+    for seed in &seeds {
+        let input: Arc<[u8]> = seed.data.as_slice().into();
+        watchdog.guard(input, run);
+    }
+
+    let seed_data: Vec<&[u8]> = seeds.iter().map(|s| s.data.as_slice()).collect();
+    let cases = cases(ci_cases);
+    let mut runner = TestRunner::new(Config {
+        cases,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let stats = Stats {
+        executions: AtomicU64::new(0),
+        accepted: AtomicU64::new(0),
+    };
+    let strategy = (0..seeds.len(), prop::collection::vec(mutation(), 1..6));
+    let started = Instant::now();
+    let result = runner.run(&strategy, |(seed, mutations)| {
+        let input: Arc<[u8]> = mutate::apply(seed_data[seed], &mutations, &seed_data).into();
+        let verdict = watchdog.guard(input, run);
+        stats.executions.fetch_add(1, Ordering::Relaxed);
+        if verdict == Verdict::Accepted {
+            stats.accepted.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok::<(), TestCaseError>(())
+    });
+    let elapsed = started.elapsed();
+    let executions = stats.executions.load(Ordering::Relaxed);
+    let accepted = stats.accepted.load(Ordering::Relaxed);
+    eprintln!(
+        "{target}: {executions} executions ({accepted} accepted) in {:.1}s, {:.0}/s",
+        elapsed.as_secs_f64(),
+        executions as f64 / elapsed.as_secs_f64().max(1e-9)
+    );
+    if let Err(e) = result {
+        let detail = match &e {
+            TestError::Fail(why, (seed, mutations)) => {
+                let input = mutate::apply(seed_data[*seed], mutations, &seed_data);
+                let path = save_failure(target, "panic", &input);
+                format!(
+                    "{why}\nseed {} with {mutations:?}\ninput saved to {}",
+                    seeds[*seed].name,
+                    path.display()
+                )
+            }
+            TestError::Abort(why) => why.to_string(),
+        };
+        panic!("{target}: {detail}");
+    }
+    // Mutations that never get past the first refusal would test little.
+    assert!(
+        accepted * 20 >= executions,
+        "{target}: only {accepted} of {executions} mutated inputs were accepted"
+    );
+}
+
+#[test]
+fn form_bodies_never_panic_and_stay_bounded() {
+    check_target("form_body", leadgate_fuzz_targets::form_body, 3000);
+}
+
+#[test]
+fn mail_never_panics_and_stays_bounded() {
+    check_target("email", leadgate_fuzz_targets::email, 2000);
+}
+
+#[test]
+fn pbx_requests_never_panic_and_are_refused_as_client_errors() {
+    check_target("telephony", leadgate_fuzz_targets::telephony, 10_000);
+}
+
+#[test]
+fn config_folders_never_panic_and_locate_their_problems() {
+    check_target("config", leadgate_fuzz_targets::config, 1000);
+}
+
+/// Every byte of every valid corpus signature, changed to each of a few
+/// kinds of byte, is refused.
+#[test]
+fn a_changed_signature_byte_is_refused() {
+    let replacements = [b'0', b'f', b'Z', b'=', b'+', b'%', b'&', b' ', b'/'];
+    let mut signed_samples = 0;
+    for seed in corpus::seeds("telephony") {
+        let mut checked = 0;
+        for pick in 0..128 {
+            for r in replacements {
+                if flipped_signature_is_refused(&seed.data, pick, r) {
+                    checked += 1;
+                }
+            }
+        }
+        if checked > 0 {
+            signed_samples += 1;
+        }
+    }
+    // Mango's signed call events and summaries, Zadarma's signed events.
+    assert!(
+        signed_samples >= 10,
+        "only {signed_samples} validly signed samples were checked"
+    );
+}
