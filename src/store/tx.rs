@@ -28,7 +28,7 @@ pub struct NewLead<'a> {
     pub name: Option<&'a str>,
     pub phone: Option<&'a str>,
     pub email: Option<&'a str>,
-    pub messenger: Option<&'a str>,
+    pub messenger: Option<String>,
     pub subject: Option<&'a str>,
     pub message: Option<&'a str>,
     pub product: Option<&'a str>,
@@ -38,7 +38,7 @@ pub struct NewLead<'a> {
     pub fields: serde_json::Value,
     pub assignee_user: Option<&'a str>,
     pub assignee_role: Option<&'a str>,
-    pub assigned_by: &'a str,
+    pub assigned_by: String,
     pub routing_note: Option<&'a str>,
 }
 
@@ -66,6 +66,16 @@ pub struct NewInbound<'a> {
 
 type R<T> = sqlx::Result<T>;
 
+/// An inbound row found by its `(channel, source_ref)` or
+/// `(channel, content_key)`; `key` is whichever was looked up.
+pub struct FoundInbound {
+    pub channel: String,
+    pub key: String,
+    pub id: i64,
+    pub lead: Option<i64>,
+    pub received_at: DateTime<Utc>,
+}
+
 pub trait Tx: Send {
     /// `(id, lead_id)` of the inbound stored under this key.
     fn find_inbound(
@@ -79,17 +89,32 @@ pub trait Tx: Send {
         key: &str,
         since: DateTime<Utc>,
     ) -> impl Future<Output = R<Option<(i64, Option<i64>)>>> + Send;
+    /// The inbounds stored under any of these `(channel, source_ref)`
+    /// keys, in one query.
+    fn find_inbounds(
+        &mut self,
+        keys: &[(&str, &str)],
+    ) -> impl Future<Output = R<Vec<FoundInbound>>> + Send;
+    /// The inbounds with any of these `(channel, content_key)` keys
+    /// received since `since`, oldest first.
+    fn find_contents(
+        &mut self,
+        keys: &[(&str, &str)],
+        since: DateTime<Utc>,
+    ) -> impl Future<Output = R<Vec<FoundInbound>>> + Send;
+    /// `n` unused ids of `table` (contacts, leads or inbound_messages) for
+    /// rows this transaction will insert with explicit ids.
+    fn allocate_ids(&mut self, table: &str, n: usize) -> impl Future<Output = R<Vec<i64>>> + Send;
     /// The contacts of these `(kind, value)` identities, in one query.
     fn find_contacts(
         &mut self,
         ids: &[(&str, &str)],
     ) -> impl Future<Output = R<Vec<(String, String, i64)>>> + Send;
-    /// Record identities for a contact in one statement; ones already
-    /// bound to a contact stay where they are.
+    /// Record `(kind, value, contact)` identities; ones already bound to a
+    /// contact stay where they are.
     fn insert_identities(
         &mut self,
-        contact: i64,
-        ids: &[(&str, &str)],
+        ids: &[(&str, &str, i64)],
         now: DateTime<Utc>,
     ) -> impl Future<Output = R<()>> + Send;
     /// Whether the contact already has an identity of this kind.
@@ -98,11 +123,12 @@ pub trait Tx: Send {
         contact: i64,
         kind: &str,
     ) -> impl Future<Output = R<bool>> + Send;
-    fn insert_contact(
+    /// `(id, name)` contacts with ids from [`Tx::allocate_ids`].
+    fn insert_contacts(
         &mut self,
-        name: Option<&str>,
+        contacts: &[(i64, Option<&str>)],
         now: DateTime<Utc>,
-    ) -> impl Future<Output = R<i64>> + Send;
+    ) -> impl Future<Output = R<()>> + Send;
     /// The lead of an earlier inbound on the channel with this `source_ref`.
     fn find_lead_of(
         &mut self,
@@ -115,11 +141,17 @@ pub trait Tx: Send {
         channel: &str,
         since: DateTime<Utc>,
     ) -> impl Future<Output = R<Option<i64>>> + Send;
-    /// Advance a round-robin pool and return its new counter (1, 2, …).
-    fn next_turn(&mut self, pool: &str) -> impl Future<Output = R<i64>> + Send;
+    /// A round-robin pool's counter (0 before its first turn).
+    fn current_turn(&mut self, pool: &str) -> impl Future<Output = R<i64>> + Send;
+    fn save_turn(&mut self, pool: &str, counter: i64) -> impl Future<Output = R<()>> + Send;
     fn open_lead_count(&mut self, user: &str) -> impl Future<Output = R<i64>> + Send;
-    fn insert_lead(&mut self, lead: &NewLead<'_>) -> impl Future<Output = R<i64>> + Send;
-    fn insert_inbound(&mut self, row: &NewInbound<'_>) -> impl Future<Output = R<i64>> + Send;
+    /// `(id, lead)` rows with ids from [`Tx::allocate_ids`].
+    fn insert_leads(&mut self, leads: &[(i64, NewLead<'_>)]) -> impl Future<Output = R<()>> + Send;
+    /// `(id, row)` rows with ids from [`Tx::allocate_ids`].
+    fn insert_inbounds(
+        &mut self,
+        rows: &[(i64, NewInbound<'_>)],
+    ) -> impl Future<Output = R<()>> + Send;
     fn add_activity(
         &mut self,
         lead: i64,
@@ -168,20 +200,134 @@ pub trait Tx: Send {
     ) -> impl Future<Output = R<()>> + Send;
     /// The contact's most relevant lead: the newest open one, else the newest.
     fn latest_lead_of(&mut self, contact: i64) -> impl Future<Output = R<Option<i64>>> + Send;
-    /// Tell listening CRMs about a new lead; delivered on commit, dropped on
+    /// Tell listening CRMs about new leads; delivered on commit, dropped on
     /// rollback (PostgreSQL `NOTIFY leadgate_leads`; nothing on SQLite).
-    fn announce_lead(&mut self, lead: i64) -> impl Future<Output = R<()>> + Send;
+    fn announce_leads(&mut self, leads: &[i64]) -> impl Future<Output = R<()>> + Send;
+}
+
+/// Bind parameters per statement: under both SQLite's (32,766) and
+/// PostgreSQL's (65,535) limits.
+const MAX_PARAMS: usize = 30_000;
+const LEAD_COLUMNS: usize = 27;
+const INBOUND_COLUMNS: usize = 19;
+
+/// `prefix ($1, $2, …), (…) suffix` for `rows` rows of `cols` parameters.
+fn values_sql(prefix: &str, rows: usize, cols: usize, suffix: &str) -> String {
+    let mut sql = String::with_capacity(prefix.len() + rows * cols * 5 + suffix.len());
+    sql.push_str(prefix);
+    for row in 0..rows {
+        sql.push_str(if row == 0 { "(" } else { ", (" });
+        for col in 0..cols {
+            if col > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!("${}", row * cols + col + 1));
+        }
+        sql.push(')');
+    }
+    sql.push_str(suffix);
+    sql
+}
+
+/// `(a = $k AND b = $k+1) OR …` for `n` pairs, numbering after `offset`.
+fn pairs_sql(a: &str, b: &str, n: usize, offset: usize) -> String {
+    (0..n)
+        .map(|i| {
+            format!(
+                "({a} = ${} AND {b} = ${})",
+                offset + 2 * i + 1,
+                offset + 2 * i + 2
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" OR ")
+}
+
+fn found_inbound<Row: sqlx::Row>(r: &Row) -> R<FoundInbound>
+where
+    usize: sqlx::ColumnIndex<Row>,
+    for<'r> String: sqlx::Decode<'r, Row::Database> + sqlx::Type<Row::Database>,
+    for<'r> i64: sqlx::Decode<'r, Row::Database> + sqlx::Type<Row::Database>,
+    for<'r> DateTime<Utc>: sqlx::Decode<'r, Row::Database> + sqlx::Type<Row::Database>,
+{
+    Ok(FoundInbound {
+        channel: r.try_get(0)?,
+        key: r.try_get(1)?,
+        id: r.try_get(2)?,
+        lead: r.try_get(3)?,
+        received_at: r.try_get(4)?,
+    })
 }
 
 macro_rules! impl_tx {
-    ($conn:ty, $announce:expr) => {
+    ($conn:ty, $announce:expr, $allocate:expr) => {
         impl Tx for $conn {
-            async fn announce_lead(&mut self, lead: i64) -> R<()> {
+            async fn announce_leads(&mut self, leads: &[i64]) -> R<()> {
                 let sql: Option<&str> = $announce;
-                if let Some(sql) = sql {
-                    sqlx::query(sql).bind(lead.to_string()).execute(&mut *self).await?;
+                let Some(call) = sql else { return Ok(()) };
+                for chunk in leads.chunks(MAX_PARAMS) {
+                    let calls: Vec<String> = (1..=chunk.len()).map(|i| call.replace("$1", &format!("${i}"))).collect();
+                    let sql = format!("SELECT {}", calls.join(", "));
+                    let mut q = sqlx::query(&sql);
+                    for lead in chunk {
+                        q = q.bind(lead.to_string());
+                    }
+                    q.execute(&mut *self).await?;
                 }
                 Ok(())
+            }
+
+            async fn find_inbounds(&mut self, keys: &[(&str, &str)]) -> R<Vec<FoundInbound>> {
+                let mut found = Vec::new();
+                for chunk in keys.chunks(MAX_PARAMS / 2) {
+                    let sql = format!(
+                        "SELECT channel_id, source_ref, id, lead_id, received_at FROM inbound_messages WHERE {}",
+                        pairs_sql("channel_id", "source_ref", chunk.len(), 0)
+                    );
+                    let mut q = sqlx::query(&sql);
+                    for (a, b) in chunk {
+                        q = q.bind(*a).bind(*b);
+                    }
+                    for r in q.fetch_all(&mut *self).await? {
+                        found.push(found_inbound(&r)?);
+                    }
+                }
+                Ok(found)
+            }
+
+            async fn find_contents(
+                &mut self,
+                keys: &[(&str, &str)],
+                since: DateTime<Utc>,
+            ) -> R<Vec<FoundInbound>> {
+                let mut found = Vec::new();
+                for chunk in keys.chunks(MAX_PARAMS / 2) {
+                    let sql = format!(
+                        "SELECT channel_id, content_key, id, lead_id, received_at FROM inbound_messages \
+                         WHERE received_at >= $1 AND ({}) ORDER BY id",
+                        pairs_sql("channel_id", "content_key", chunk.len(), 1)
+                    );
+                    let mut q = sqlx::query(&sql).bind(since);
+                    for (a, b) in chunk {
+                        q = q.bind(*a).bind(*b);
+                    }
+                    for r in q.fetch_all(&mut *self).await? {
+                        found.push(found_inbound(&r)?);
+                    }
+                }
+                found.sort_by_key(|f| f.id);
+                Ok(found)
+            }
+
+            async fn allocate_ids(&mut self, table: &str, n: usize) -> R<Vec<i64>> {
+                if n == 0 {
+                    return Ok(Vec::new());
+                }
+                sqlx::query_scalar($allocate)
+                    .bind(table)
+                    .bind(i64::try_from(n).unwrap_or(i64::MAX))
+                    .fetch_all(&mut *self)
+                    .await
             }
 
             async fn find_inbound(&mut self, channel: &str, source_ref: &str) -> R<Option<(i64, Option<i64>)>> {
@@ -233,23 +379,21 @@ macro_rules! impl_tx {
                     .collect()
             }
 
-            async fn insert_identities(&mut self, contact: i64, ids: &[(&str, &str)], now: DateTime<Utc>) -> R<()> {
-                if ids.is_empty() {
-                    return Ok(());
-                }
-                let mut sql = String::from("INSERT INTO contact_identities (kind, value, contact_id, created_at) VALUES ");
-                for i in 0..ids.len() {
-                    if i > 0 {
-                        sql.push_str(", ");
+            async fn insert_identities(&mut self, ids: &[(&str, &str, i64)], now: DateTime<Utc>) -> R<()> {
+                for chunk in ids.chunks(MAX_PARAMS / 4) {
+                    let sql = values_sql(
+                        "INSERT INTO contact_identities (kind, value, contact_id, created_at) VALUES ",
+                        chunk.len(),
+                        4,
+                        " ON CONFLICT (kind, value) DO NOTHING",
+                    );
+                    let mut q = sqlx::query(&sql);
+                    for (kind, value, contact) in chunk {
+                        q = q.bind(*kind).bind(*value).bind(*contact).bind(now);
                     }
-                    sql.push_str(&format!("(${}, ${}, $1, $2)", 2 * i + 3, 2 * i + 4));
+                    q.execute(&mut *self).await?;
                 }
-                sql.push_str(" ON CONFLICT (kind, value) DO NOTHING");
-                let mut q = sqlx::query(&sql).bind(contact).bind(now);
-                for (kind, value) in ids {
-                    q = q.bind(*kind).bind(*value);
-                }
-                q.execute(&mut *self).await.map(|_| ())
+                Ok(())
             }
 
             async fn contact_has_kind(&mut self, contact: i64, kind: &str) -> R<bool> {
@@ -263,12 +407,16 @@ macro_rules! impl_tx {
                 Ok(n > 0)
             }
 
-            async fn insert_contact(&mut self, name: Option<&str>, now: DateTime<Utc>) -> R<i64> {
-                sqlx::query_scalar("INSERT INTO contacts (name, created_at) VALUES ($1, $2) RETURNING id")
-                    .bind(name)
-                    .bind(now)
-                    .fetch_one(&mut *self)
-                    .await
+            async fn insert_contacts(&mut self, contacts: &[(i64, Option<&str>)], now: DateTime<Utc>) -> R<()> {
+                for chunk in contacts.chunks(MAX_PARAMS / 3) {
+                    let sql = values_sql("INSERT INTO contacts (id, name, created_at) VALUES ", chunk.len(), 3, "");
+                    let mut q = sqlx::query(&sql);
+                    for (id, name) in chunk {
+                        q = q.bind(*id).bind(*name).bind(now);
+                    }
+                    q.execute(&mut *self).await?;
+                }
+                Ok(())
             }
 
             async fn find_lead_of(&mut self, channel: &str, source_ref: &str) -> R<Option<i64>> {
@@ -295,15 +443,24 @@ macro_rules! impl_tx {
                 .await
             }
 
-            async fn next_turn(&mut self, pool: &str) -> R<i64> {
-                sqlx::query_scalar(
-                    "INSERT INTO routing_state (pool, counter) VALUES ($1, 1) \
-                     ON CONFLICT (pool) DO UPDATE SET counter = routing_state.counter + 1 \
-                     RETURNING counter",
+            async fn current_turn(&mut self, pool: &str) -> R<i64> {
+                let counter: Option<i64> = sqlx::query_scalar("SELECT counter FROM routing_state WHERE pool = $1")
+                    .bind(pool)
+                    .fetch_optional(&mut *self)
+                    .await?;
+                Ok(counter.unwrap_or(0))
+            }
+
+            async fn save_turn(&mut self, pool: &str, counter: i64) -> R<()> {
+                sqlx::query(
+                    "INSERT INTO routing_state (pool, counter) VALUES ($1, $2) \
+                     ON CONFLICT (pool) DO UPDATE SET counter = $2",
                 )
                 .bind(pool)
-                .fetch_one(&mut *self)
+                .bind(counter)
+                .execute(&mut *self)
                 .await
+                .map(|_| ())
             }
 
             async fn open_lead_count(&mut self, user: &str) -> R<i64> {
@@ -315,71 +472,89 @@ macro_rules! impl_tx {
                 .await
             }
 
-            async fn insert_lead(&mut self, l: &NewLead<'_>) -> R<i64> {
-                sqlx::query_scalar(
-                    "INSERT INTO leads (created_at, updated_at, last_activity_at, channel_id, channel_kind, \
-                     source_ref, contact_id, name, phone, email, messenger, subject, message, product, region, \
-                     utm_source, utm_medium, utm_campaign, utm_term, utm_content, fields, assignee_user, \
-                     assignee_role, assigned_by, routing_note, called_line) \
-                     VALUES ($1, $1, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
-                     $17, $18, $19, $20, $21, $22, $23, $24) RETURNING id",
-                )
-                .bind(l.now)
-                .bind(l.channel)
-                .bind(l.kind)
-                .bind(l.source_ref)
-                .bind(l.contact)
-                .bind(l.name)
-                .bind(l.phone)
-                .bind(l.email)
-                .bind(l.messenger)
-                .bind(l.subject)
-                .bind(l.message)
-                .bind(l.product)
-                .bind(l.region)
-                .bind(l.utm[0])
-                .bind(l.utm[1])
-                .bind(l.utm[2])
-                .bind(l.utm[3])
-                .bind(l.utm[4])
-                .bind(Json(&l.fields))
-                .bind(l.assignee_user)
-                .bind(l.assignee_role)
-                .bind(l.assigned_by)
-                .bind(l.routing_note)
-                .bind(l.called_line)
-                .fetch_one(&mut *self)
-                .await
+            async fn insert_leads(&mut self, leads: &[(i64, NewLead<'_>)]) -> R<()> {
+                for chunk in leads.chunks(MAX_PARAMS / LEAD_COLUMNS) {
+                    let sql = values_sql(
+                        "INSERT INTO leads (id, created_at, updated_at, last_activity_at, channel_id, channel_kind, \
+                         source_ref, contact_id, name, phone, email, messenger, subject, message, product, region, \
+                         utm_source, utm_medium, utm_campaign, utm_term, utm_content, fields, assignee_user, \
+                         assignee_role, assigned_by, routing_note, called_line) VALUES ",
+                        chunk.len(),
+                        LEAD_COLUMNS,
+                        "",
+                    );
+                    let mut q = sqlx::query(&sql);
+                    for (id, l) in chunk {
+                        q = q
+                            .bind(*id)
+                            .bind(l.now)
+                            .bind(l.now)
+                            .bind(l.now)
+                            .bind(l.channel)
+                            .bind(l.kind)
+                            .bind(l.source_ref)
+                            .bind(l.contact)
+                            .bind(l.name)
+                            .bind(l.phone)
+                            .bind(l.email)
+                            .bind(l.messenger.as_deref())
+                            .bind(l.subject)
+                            .bind(l.message)
+                            .bind(l.product)
+                            .bind(l.region)
+                            .bind(l.utm[0])
+                            .bind(l.utm[1])
+                            .bind(l.utm[2])
+                            .bind(l.utm[3])
+                            .bind(l.utm[4])
+                            .bind(Json(&l.fields))
+                            .bind(l.assignee_user)
+                            .bind(l.assignee_role)
+                            .bind(l.assigned_by.as_str())
+                            .bind(l.routing_note)
+                            .bind(l.called_line);
+                    }
+                    q.execute(&mut *self).await?;
+                }
+                Ok(())
             }
 
-            async fn insert_inbound(&mut self, m: &NewInbound<'_>) -> R<i64> {
-                sqlx::query_scalar(
-                    "INSERT INTO inbound_messages (channel_id, channel_kind, source_ref, received_at, stored_at, \
-                     disposition, reason, lead_id, contact_id, sender_name, sender_phone, sender_email, subject, \
-                     text, fields, attachments, content_key, raw) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) \
-                     RETURNING id",
-                )
-                .bind(m.channel)
-                .bind(m.kind)
-                .bind(m.source_ref)
-                .bind(m.received_at)
-                .bind(m.stored_at)
-                .bind(m.disposition)
-                .bind(m.reason)
-                .bind(m.lead)
-                .bind(m.contact)
-                .bind(m.sender_name)
-                .bind(m.sender_phone)
-                .bind(m.sender_email)
-                .bind(m.subject)
-                .bind(m.text)
-                .bind(Json(&m.fields))
-                .bind(Json(&m.attachments))
-                .bind(m.content_key)
-                .bind(m.raw)
-                .fetch_one(&mut *self)
-                .await
+            async fn insert_inbounds(&mut self, rows: &[(i64, NewInbound<'_>)]) -> R<()> {
+                for chunk in rows.chunks(MAX_PARAMS / INBOUND_COLUMNS) {
+                    let sql = values_sql(
+                        "INSERT INTO inbound_messages (id, channel_id, channel_kind, source_ref, received_at, stored_at, \
+                         disposition, reason, lead_id, contact_id, sender_name, sender_phone, sender_email, subject, \
+                         text, fields, attachments, content_key, raw) VALUES ",
+                        chunk.len(),
+                        INBOUND_COLUMNS,
+                        "",
+                    );
+                    let mut q = sqlx::query(&sql);
+                    for (id, m) in chunk {
+                        q = q
+                            .bind(*id)
+                            .bind(m.channel)
+                            .bind(m.kind)
+                            .bind(m.source_ref)
+                            .bind(m.received_at)
+                            .bind(m.stored_at)
+                            .bind(m.disposition)
+                            .bind(m.reason)
+                            .bind(m.lead)
+                            .bind(m.contact)
+                            .bind(m.sender_name)
+                            .bind(m.sender_phone)
+                            .bind(m.sender_email)
+                            .bind(m.subject)
+                            .bind(m.text)
+                            .bind(Json(&m.fields))
+                            .bind(Json(&m.attachments))
+                            .bind(m.content_key)
+                            .bind(m.raw);
+                    }
+                    q.execute(&mut *self).await?;
+                }
+                Ok(())
             }
 
             async fn add_activity(
@@ -559,8 +734,18 @@ macro_rules! impl_tx {
     };
 }
 
-impl_tx!(sqlx::SqliteConnection, None);
+// SQLite: the writer holds the write lock (BEGIN IMMEDIATE), so the ids
+// after the table's AUTOINCREMENT sequence are free until it commits.
+impl_tx!(
+    sqlx::SqliteConnection,
+    None,
+    "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < $2) \
+     SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = $1), 0) + i FROM n"
+);
+// PostgreSQL: the table's sequence hands them out, concurrency-safe across
+// instances; ids a transaction does not use are gaps, as after a rollback.
 impl_tx!(
     sqlx::PgConnection,
-    Some("SELECT pg_notify('leadgate_leads', $1)")
+    Some("pg_notify('leadgate_leads', $1)"),
+    "SELECT nextval(pg_get_serial_sequence($1, 'id')) FROM generate_series(1, $2::bigint)"
 );

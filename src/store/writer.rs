@@ -12,10 +12,10 @@ use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 
 use super::Store;
+use super::batch::{Applied, Assignment, TxState, apply_all};
 use super::tx::{NewInbound, NewLead, StoredCall, Tx};
 use crate::calls::CallRecord;
-use crate::pipeline::{Prepared, Route};
-use crate::routing::Strategy;
+use crate::pipeline::Prepared;
 
 struct WriteRequest {
     channel: Option<ChannelId>,
@@ -175,36 +175,57 @@ fn unavailable(e: &sqlx::Error) -> SinkError {
 }
 
 async fn write_all(store: &Store, batch: &[WriteRequest]) -> sqlx::Result<Vec<Vec<Receipt>>> {
-    super::on_pool!(store, pool => {
-        let mut tx = pool.begin().await?;
-        let mut all = Vec::with_capacity(batch.len());
-        for req in batch {
-            let mut receipts = Vec::with_capacity(req.items.len());
-            for item in &req.items {
-                receipts.push(apply(&mut *tx, item).await?);
-            }
-            if let (Some(cursor), Some(channel)) = (&req.cursor, &req.channel) {
-                tx.save_cursor(channel.as_str(), &cursor.key, &cursor.value, Utc::now()).await?;
-            }
-            all.push(receipts);
+    match store {
+        // IMMEDIATE: take SQLite's write lock up front, so the ids the
+        // transaction allocates stay free and no other writer makes it
+        // fail half-way with a stale snapshot.
+        Store::Sqlite(pool) => {
+            let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+            let receipts = write_in(&mut *tx, batch).await?;
+            tx.commit().await?;
+            Ok(receipts)
         }
-        tx.commit().await?;
-        Ok(all)
-    })
+        Store::Postgres(pool) => {
+            let mut tx = pool.begin().await?;
+            let receipts = write_in(&mut *tx, batch).await?;
+            tx.commit().await?;
+            Ok(receipts)
+        }
+    }
+}
+
+async fn write_in<T: Tx>(tx: &mut T, batch: &[WriteRequest]) -> sqlx::Result<Vec<Vec<Receipt>>> {
+    let now = Utc::now();
+    let items: Vec<&Prepared> = batch.iter().flat_map(|r| &r.items).collect();
+    let mut receipts = apply_all(tx, &items, now).await?.into_iter();
+    let mut all = Vec::with_capacity(batch.len());
+    for req in batch {
+        all.push(receipts.by_ref().take(req.items.len()).collect());
+        if let (Some(cursor), Some(channel)) = (&req.cursor, &req.channel) {
+            tx.save_cursor(channel.as_str(), &cursor.key, &cursor.value, now)
+                .await?;
+        }
+    }
+    Ok(all)
 }
 
 /// identify → route → store for one item, inside the open transaction.
-async fn apply<T: Tx>(tx: &mut T, item: &Prepared) -> sqlx::Result<Receipt> {
+pub(super) async fn apply<T: Tx>(
+    tx: &mut T,
+    item: &Prepared,
+    state: &mut TxState,
+) -> sqlx::Result<Applied> {
     let inbound = &item.inbound;
     let channel = inbound.channel.as_str();
-    let now = Utc::now();
+    let now = state.now;
+    let done = |receipt, contact| Applied { receipt, contact };
 
     // A connector-made unique ref (no provider id) cannot repeat: the
     // content window below is what recognises a repeated post.
     if inbound.dedupe == Dedupe::SourceRef
         && let Some((id, lead)) = tx.find_inbound(channel, &inbound.source_ref).await?
     {
-        return Ok(receipt(id, Disposition::Duplicate, lead));
+        return Ok(done(receipt(id, Disposition::Duplicate, lead), None));
     }
     let row = |disposition, reason, lead, contact| {
         inbound_row(item, now, disposition, reason, lead, contact)
@@ -216,39 +237,41 @@ async fn apply<T: Tx>(tx: &mut T, item: &Prepared) -> sqlx::Result<Receipt> {
             .await?
     {
         let reason = format!("same content as inbound #{first} within the dedupe window");
-        let id = tx
-            .insert_inbound(&row(Disposition::Duplicate, Some(&reason), lead, None))
+        let id = state
+            .insert_inbound(tx, row(Disposition::Duplicate, Some(&reason), lead, None))
             .await?;
-        return Ok(receipt(id, Disposition::Duplicate, lead));
+        return Ok(done(receipt(id, Disposition::Duplicate, lead), None));
     }
     if let Some((disposition, reason)) = &item.verdict {
-        let id = tx
-            .insert_inbound(&row(*disposition, Some(reason), None, None))
+        let id = state
+            .insert_inbound(tx, row(*disposition, Some(reason), None, None))
             .await?;
-        return Ok(receipt(id, *disposition, None));
+        return Ok(done(receipt(id, *disposition, None), None));
     }
     if let Some(event) = &inbound.call {
         if let Some(call) = tx.find_call(channel, &event.call_id).await? {
-            return merge_call(tx, item, event, call, now).await;
+            let contact = call.contact;
+            let r = merge_call(tx, item, event, call, state).await?;
+            return Ok(done(r, contact));
         }
         if event.direction == CallDirection::Outbound {
-            return outbound_call(tx, item, event, now).await;
+            return outbound_call(tx, item, event, state).await;
         }
         if event.phase == CallPhase::Recording {
             // A recording names no caller: without its call there is
             // nothing to attach it to, and it is no lead by itself.
             let reason = format!("recording of call {} that was never seen", event.call_id);
-            let id = tx
-                .insert_inbound(&row(Disposition::NotLead, Some(&reason), None, None))
+            let id = state
+                .insert_inbound(tx, row(Disposition::NotLead, Some(&reason), None, None))
                 .await?;
-            return Ok(receipt(id, Disposition::NotLead, None));
+            return Ok(done(receipt(id, Disposition::NotLead, None), None));
         }
     }
 
     let Identified {
         contact,
         new: new_contact,
-    } = identify(tx, item, now).await?;
+    } = identify(tx, item, state).await?;
     let mut open_lead = None;
     for reference in &inbound.thread_refs {
         if let Some(lead) = tx.find_lead_of(channel, reference).await? {
@@ -270,13 +293,16 @@ async fn apply<T: Tx>(tx: &mut T, item: &Prepared) -> sqlx::Result<Receipt> {
     }
     let (id, disposition, lead) = match open_lead {
         Some((lead, reason)) => {
-            let id = tx
-                .insert_inbound(&row(
-                    Disposition::ActivityAdded,
-                    Some(&reason),
-                    Some(lead),
-                    contact,
-                ))
+            let id = state
+                .insert_inbound(
+                    tx,
+                    row(
+                        Disposition::ActivityAdded,
+                        Some(&reason),
+                        Some(lead),
+                        contact,
+                    ),
+                )
                 .await?;
             let summary = item.text.as_deref().or(inbound.subject.as_deref());
             let kind = if inbound.call.is_some() {
@@ -288,9 +314,9 @@ async fn apply<T: Tx>(tx: &mut T, item: &Prepared) -> sqlx::Result<Receipt> {
             (id, Disposition::ActivityAdded, lead)
         }
         None => {
-            let lead = create_lead(tx, item, contact, now).await?;
-            let id = tx
-                .insert_inbound(&row(Disposition::LeadCreated, None, Some(lead), contact))
+            let lead = create_lead(tx, item, contact, state).await?;
+            let id = state
+                .insert_inbound(tx, row(Disposition::LeadCreated, None, Some(lead), contact))
                 .await?;
             (id, Disposition::LeadCreated, lead)
         }
@@ -318,10 +344,10 @@ async fn apply<T: Tx>(tx: &mut T, item: &Prepared) -> sqlx::Result<Receipt> {
         .await?;
         settle_missed(tx, &call, false, now).await?;
     }
-    Ok(receipt(id, disposition, Some(lead)))
+    Ok(done(receipt(id, disposition, Some(lead)), contact))
 }
 
-fn receipt(inbound_id: i64, disposition: Disposition, lead_id: Option<i64>) -> Receipt {
+pub(super) fn receipt(inbound_id: i64, disposition: Disposition, lead_id: Option<i64>) -> Receipt {
     Receipt {
         inbound_id,
         disposition,
@@ -336,8 +362,9 @@ async fn merge_call<T: Tx>(
     item: &Prepared,
     event: &CallEvent,
     mut call: StoredCall,
-    now: chrono::DateTime<Utc>,
+    state: &mut TxState,
 ) -> sqlx::Result<Receipt> {
+    let now = state.now;
     let was_missed = call.record.missed();
     call.record.merge(
         event,
@@ -347,15 +374,18 @@ async fn merge_call<T: Tx>(
     tx.update_call(&call, now).await?;
     settle_missed(tx, &call, was_missed, now).await?;
     let reason = format!("event {} of call {}", call.record.events, event.call_id);
-    let id = tx
-        .insert_inbound(&inbound_row(
-            item,
-            now,
-            Disposition::CallUpdated,
-            Some(&reason),
-            call.lead,
-            call.contact,
-        ))
+    let id = state
+        .insert_inbound(
+            tx,
+            inbound_row(
+                item,
+                now,
+                Disposition::CallUpdated,
+                Some(&reason),
+                call.lead,
+                call.contact,
+            ),
+        )
         .await?;
     Ok(receipt(id, Disposition::CallUpdated, call.lead))
 }
@@ -389,9 +419,10 @@ async fn outbound_call<T: Tx>(
     tx: &mut T,
     item: &Prepared,
     event: &CallEvent,
-    now: chrono::DateTime<Utc>,
-) -> sqlx::Result<Receipt> {
-    let contact = identify(tx, item, now).await?.contact;
+    state: &mut TxState,
+) -> sqlx::Result<Applied> {
+    let now = state.now;
+    let contact = identify(tx, item, state).await?.contact;
     let lead = match contact {
         Some(c) => tx.latest_lead_of(c).await?,
         None => None,
@@ -416,48 +447,69 @@ async fn outbound_call<T: Tx>(
     )
     .await?;
     let Some(lead) = lead else {
-        let id = tx
-            .insert_inbound(&inbound_row(
-                item,
-                now,
-                Disposition::Outgoing,
-                Some("outgoing call to a number with no lead"),
-                None,
-                contact,
-            ))
+        let id = state
+            .insert_inbound(
+                tx,
+                inbound_row(
+                    item,
+                    now,
+                    Disposition::Outgoing,
+                    Some("outgoing call to a number with no lead"),
+                    None,
+                    contact,
+                ),
+            )
             .await?;
-        return Ok(receipt(id, Disposition::Outgoing, None));
+        return Ok(Applied {
+            receipt: receipt(id, Disposition::Outgoing, None),
+            contact,
+        });
     };
     if let Some(contact) = contact {
         tx.clear_missed(contact, now).await?;
     }
     let reason = format!("outgoing call to the contact of lead #{lead}");
-    let id = tx
-        .insert_inbound(&inbound_row(
-            item,
-            now,
-            Disposition::ActivityAdded,
-            Some(&reason),
-            Some(lead),
-            contact,
-        ))
+    let id = state
+        .insert_inbound(
+            tx,
+            inbound_row(
+                item,
+                now,
+                Disposition::ActivityAdded,
+                Some(&reason),
+                Some(lead),
+                contact,
+            ),
+        )
         .await?;
     tx.add_activity(lead, id, "outgoing_call", item.text.as_deref(), now)
         .await?;
-    Ok(receipt(id, Disposition::ActivityAdded, Some(lead)))
+    Ok(Applied {
+        receipt: receipt(id, Disposition::ActivityAdded, Some(lead)),
+        contact,
+    })
 }
 
 async fn create_lead<T: Tx>(
     tx: &mut T,
     item: &Prepared,
     contact: Option<i64>,
-    now: chrono::DateTime<Utc>,
+    state: &mut TxState,
 ) -> sqlx::Result<i64> {
+    let assignment = state.assigner.assign(tx, &item.route, false).await?;
+    let lead = new_lead(item, contact, &assignment, state.now);
+    state.insert_lead(tx, lead).await
+}
+
+/// The `leads` row of a new lead.
+pub(super) fn new_lead<'a>(
+    item: &'a Prepared,
+    contact: Option<i64>,
+    assignment: &'a Assignment,
+    now: chrono::DateTime<Utc>,
+) -> NewLead<'a> {
     let inbound = &item.inbound;
-    let (user, role, note) = assign(tx, &item.route).await?;
-    let assigned_by = item.assigned_by.to_string();
     let field = |k: &str| item.fields.get(k).map(String::as_str);
-    let messenger = item.messenger();
     let mut custom = item.fields.clone();
     for k in [fields::PRODUCT, fields::REGION, fields::CALLED_LINE]
         .iter()
@@ -465,35 +517,31 @@ async fn create_lead<T: Tx>(
     {
         custom.remove(*k);
     }
-    let lead = tx
-        .insert_lead(&NewLead {
-            now,
-            channel: inbound.channel.as_str(),
-            kind: item.kind.as_str(),
-            source_ref: &inbound.source_ref,
-            contact,
-            name: item.name.as_deref(),
-            phone: item.first(IdentityKind::Phone),
-            email: item.first(IdentityKind::Email),
-            messenger: messenger.as_deref(),
-            subject: inbound.subject.as_deref(),
-            message: item.text.as_deref(),
-            product: field(fields::PRODUCT),
-            region: field(fields::REGION),
-            utm: fields::UTM_KEYS.map(field),
-            called_line: field(fields::CALLED_LINE),
-            fields: json!(custom),
-            assignee_user: user.as_deref(),
-            assignee_role: role.as_deref(),
-            assigned_by: &assigned_by,
-            routing_note: note.as_deref(),
-        })
-        .await?;
-    tx.announce_lead(lead).await?;
-    Ok(lead)
+    NewLead {
+        now,
+        channel: inbound.channel.as_str(),
+        kind: item.kind.as_str(),
+        source_ref: &inbound.source_ref,
+        contact,
+        name: item.name.as_deref(),
+        phone: item.first(IdentityKind::Phone),
+        email: item.first(IdentityKind::Email),
+        messenger: item.messenger(),
+        subject: inbound.subject.as_deref(),
+        message: item.text.as_deref(),
+        product: field(fields::PRODUCT),
+        region: field(fields::REGION),
+        utm: fields::UTM_KEYS.map(field),
+        called_line: field(fields::CALLED_LINE),
+        fields: json!(custom),
+        assignee_user: assignment.user.as_deref(),
+        assignee_role: assignment.role.as_deref(),
+        assigned_by: item.assigned_by.to_string(),
+        routing_note: assignment.note.as_deref(),
+    }
 }
 
-fn inbound_row<'a>(
+pub(super) fn inbound_row<'a>(
     item: &'a Prepared,
     now: chrono::DateTime<Utc>,
     disposition: Disposition,
@@ -535,7 +583,7 @@ fn inbound_row<'a>(
 async fn identify<T: Tx>(
     tx: &mut T,
     item: &Prepared,
-    now: chrono::DateTime<Utc>,
+    state: &mut TxState,
 ) -> sqlx::Result<Identified> {
     if item.identities.is_empty() {
         return Ok(Identified {
@@ -587,15 +635,15 @@ async fn identify<T: Tx>(
     };
     let (contact, new) = match matched {
         Some(c) => (c, false),
-        None => (tx.insert_contact(item.name.as_deref(), now).await?, true),
+        None => (state.insert_contact(tx, item.name.as_deref()).await?, true),
     };
     // Only identities not yet bound to anyone need a write.
-    let unbound: Vec<(&str, &str)> = ids
+    let unbound: Vec<(&str, &str, i64)> = ids
         .iter()
         .filter(|(k, v)| !found.iter().any(|(fk, fv, _)| fk == k && fv == v))
-        .copied()
+        .map(|(k, v)| (*k, *v, contact))
         .collect();
-    tx.insert_identities(contact, &unbound, now).await?;
+    tx.insert_identities(&unbound, state.now).await?;
     Ok(Identified {
         contact: Some(contact),
         new,
@@ -606,65 +654,4 @@ async fn identify<T: Tx>(
 struct Identified {
     contact: Option<i64>,
     new: bool,
-}
-
-/// Resolve a route to `(user, role, note)`.
-async fn assign<T: Tx>(
-    tx: &mut T,
-    route: &Route,
-) -> sqlx::Result<(Option<String>, Option<String>, Option<String>)> {
-    Ok(match route {
-        Route::Nobody => (
-            None,
-            None,
-            Some("no rule, channel responsible or default matched".into()),
-        ),
-        Route::User(u) => (Some(u.clone()), None, None),
-        Route::Role { role, members, .. } if members.is_empty() => (
-            None,
-            Some(role.clone()),
-            Some(format!(
-                "role {role} has no active members; assigned to the role"
-            )),
-        ),
-        Route::Role {
-            role,
-            members,
-            strategy: Strategy::RoundRobin,
-        } => {
-            let turn = tx.next_turn(&format!("role:{role}")).await?;
-            let pick = &members[((turn - 1).rem_euclid(members.len() as i64)) as usize];
-            (
-                Some(pick.clone()),
-                Some(role.clone()),
-                Some(format!(
-                    "role {role}: round_robin turn {turn} of [{}]",
-                    members.join(", ")
-                )),
-            )
-        }
-        Route::Role {
-            role,
-            members,
-            strategy: Strategy::LeastLoaded,
-        } => {
-            let mut best: Option<(&String, i64)> = None;
-            let mut loads = Vec::with_capacity(members.len());
-            for m in members {
-                let n = tx.open_lead_count(m).await?;
-                loads.push(format!("{m}={n}"));
-                if best.is_none_or(|(_, b)| n < b) {
-                    best = Some((m, n));
-                }
-            }
-            (
-                best.map(|(m, _)| m.clone()),
-                Some(role.clone()),
-                Some(format!(
-                    "role {role}: least_loaded open leads {}",
-                    loads.join(", ")
-                )),
-            )
-        }
-    })
 }
