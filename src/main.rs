@@ -45,6 +45,11 @@ enum Command {
         /// The inbound id (the `id` a webhook answer carries).
         inbound_id: i64,
     },
+    /// Check the database's invariants (each message stored once, every
+    /// lead with its inbound message, no orphan activities or calls,
+    /// cursors not ahead of stored mail); non-zero exit with the list of
+    /// broken ones.
+    Audit,
 }
 
 fn load(dir: &std::path::Path) -> Result<Config, ExitCode> {
@@ -100,6 +105,7 @@ fn main() -> ExitCode {
             Command::Status => status(&config).await,
             Command::Leads { limit } => leads(&config, limit).await,
             Command::Explain { inbound_id } => explain(&config, inbound_id).await,
+            Command::Audit => audit(&config).await,
             Command::Check => Ok(()),
         }
     });
@@ -205,6 +211,32 @@ async fn leads(config: &Config, limit: i64) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Reads only: connects without migrating, so an audit never changes the
+/// database it judges.
+async fn audit(config: &Config) -> anyhow::Result<()> {
+    let url =
+        config::database_url(&config.main.database, &config.dir).map_err(anyhow::Error::msg)?;
+    let store = leadgate::store::Store::connect(&url, &config.main.database).await?;
+    let violations = leadgate::audit::audit(&store).await?;
+    if violations.is_empty() {
+        println!(
+            "audit OK: {} invariant(s) hold on {}",
+            leadgate::audit::CHECKS.len(),
+            leadgate::store::describe_url(&url)
+        );
+        return Ok(());
+    }
+    for v in &violations {
+        print!("{v}");
+    }
+    anyhow::bail!(
+        "{} of {} invariant(s) broken on {}",
+        violations.len(),
+        leadgate::audit::CHECKS.len(),
+        leadgate::store::describe_url(&url)
+    )
 }
 
 fn clip(s: &str, n: usize) -> String {
