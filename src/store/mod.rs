@@ -1,6 +1,7 @@
 //! Storage: SQLite (embedded default) or PostgreSQL, one schema, one set of
 //! statements. See `docs/schema.md` for the table contract.
 
+mod assign;
 mod batch;
 mod lease;
 mod tx;

@@ -12,7 +12,8 @@ use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 
 use super::Store;
-use super::batch::{Applied, Assignment, TxState, apply_all};
+use super::assign::Assignment;
+use super::batch::{Applied, TxState, apply_all};
 use super::tx::{NewInbound, NewLead, StoredCall, Tx};
 use crate::calls::CallRecord;
 use crate::pipeline::Prepared;
