@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use leadgate_forms::{FormChannel, FormsState};
+use leadgate_telegram::{TelegramChannel, TelegramState};
 use leadgate_telephony::{TelephonyChannel, TelephonyState};
 use leadgate_vk::{VkChannel, VkState};
 use tokio::signal::unix::{SignalKind, signal};
@@ -60,6 +61,22 @@ pub fn vk_channels(config: &Config) -> Vec<VkChannel> {
         .collect()
 }
 
+/// Every enabled Telegram channel: the webhook endpoint serves those in
+/// webhook mode and refuses deliveries for the polling ones by name.
+pub fn telegram_channels(config: &Config) -> Vec<TelegramChannel> {
+    config
+        .channels
+        .iter()
+        .filter(|c| c.enabled)
+        .filter_map(|c| match &c.protocol {
+            ChannelProtocol::Telegram(settings) => {
+                TelegramChannel::new(c.id.clone(), (**settings).clone()).ok()
+            }
+            _ => None,
+        })
+        .collect()
+}
+
 pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
     let url =
         config::database_url(&config.main.database, &config.dir).map_err(anyhow::Error::msg)?;
@@ -94,6 +111,7 @@ pub async fn run(config_dir: &Path, config: Config) -> anyhow::Result<()> {
     let forms = FormsState::new(pipeline.clone(), form_channels(&config));
     let telephony = TelephonyState::new(pipeline.clone(), telephony_channels(&config));
     let vk = VkState::new(pipeline.clone(), vk_channels(&config));
+    let telegram = TelegramState::new(pipeline.clone(), telegram_channels(&config));
     let mut pollers = Pollers::new(
         store.clone(),
         pipeline.clone(),
@@ -110,6 +128,7 @@ pub async fn run(config_dir: &Path, config: Config) -> anyhow::Result<()> {
             leadgate_forms::router(forms.clone()),
             leadgate_telephony::router(telephony.clone()),
             leadgate_vk::router(vk.clone()),
+            leadgate_telegram::router(telegram.clone()),
         ],
     );
     let shutdown = CancellationToken::new();
@@ -161,6 +180,7 @@ pub async fn run(config_dir: &Path, config: Config) -> anyhow::Result<()> {
                     forms.set_channels(form_channels(&new));
                     telephony.set_channels(telephony_channels(&new));
                     vk.set_channels(vk_channels(&new));
+                    telegram.set_channels(telegram_channels(&new));
                     pollers.apply(&new).await;
                     tracing::info!(channels = new.channels.len(), "configuration reloaded");
                     notifier.notify(&format!("STATUS=reloaded: serving {} channel(s)", new.channels.iter().filter(|c| c.enabled).count()));
@@ -188,6 +208,7 @@ pub async fn run(config_dir: &Path, config: Config) -> anyhow::Result<()> {
     drop(forms);
     drop(telephony);
     drop(vk);
+    drop(telegram);
     drop(pipeline);
     writer_task.await.ok();
     store.close().await;

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use leadgate_connector::{CancellationToken, ChannelId, ConnectorError, PollerContext, Sink};
 use leadgate_imap::{ImapChannel, ImapSettings};
+use leadgate_telegram::{TelegramChannel, TelegramSettings};
 use leadgate_vk::{VkChannel, VkMode, VkSettings};
 use tokio::task::JoinHandle;
 
@@ -28,6 +29,9 @@ enum PollerSettings {
     /// A VK community read by Bots Long Poll (Callback channels are served
     /// by the HTTP endpoint instead).
     Vk(Box<VkSettings>),
+    /// A Telegram bot: long polling, or in webhook mode the one task that
+    /// registers the webhook (under the lease, so one instance does it).
+    Telegram(Box<TelegramSettings>),
 }
 
 impl PollerSettings {
@@ -37,6 +41,7 @@ impl PollerSettings {
             ChannelProtocol::Vk(s) if s.mode == VkMode::LongPoll => {
                 Some(PollerSettings::Vk(s.clone()))
             }
+            ChannelProtocol::Telegram(s) => Some(PollerSettings::Telegram(s.clone())),
             _ => None,
         }
     }
@@ -45,6 +50,9 @@ impl PollerSettings {
         match self {
             PollerSettings::Imap(s) => ImapChannel::new(id, (**s).clone()).map(PollerChannel::Imap),
             PollerSettings::Vk(s) => VkChannel::new(id, (**s).clone()).map(PollerChannel::Vk),
+            PollerSettings::Telegram(s) => {
+                TelegramChannel::new(id, (**s).clone()).map(PollerChannel::Telegram)
+            }
         }
     }
 }
@@ -53,6 +61,7 @@ impl PollerSettings {
 enum PollerChannel {
     Imap(ImapChannel),
     Vk(VkChannel),
+    Telegram(TelegramChannel),
 }
 
 impl PollerChannel {
@@ -60,6 +69,7 @@ impl PollerChannel {
         match self {
             PollerChannel::Imap(c) => &c.id,
             PollerChannel::Vk(c) => &c.id,
+            PollerChannel::Telegram(c) => &c.id,
         }
     }
 
@@ -67,6 +77,7 @@ impl PollerChannel {
         match self {
             PollerChannel::Imap(c) => leadgate_imap::run(c, ctx).await,
             PollerChannel::Vk(c) => leadgate_vk::run(c, ctx).await,
+            PollerChannel::Telegram(c) => leadgate_telegram::run(c, ctx).await,
         }
     }
 }

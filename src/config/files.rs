@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use leadgate_connector::ChannelId;
 use leadgate_forms::{FormChannel, FormSettings};
 use leadgate_imap::{ImapChannel, ImapSettings};
+use leadgate_telegram::{TelegramChannel, TelegramSettings};
 use leadgate_telephony::{TelephonyChannel, TelephonySettings};
 use leadgate_vk::{VkChannel, VkSettings};
 use regex::Regex;
@@ -442,6 +443,7 @@ struct ChannelFile {
     imap: Option<ImapSettings>,
     telephony: Option<TelephonySettings>,
     vk: Option<VkSettings>,
+    telegram: Option<TelegramSettings>,
 }
 
 fn yes() -> bool {
@@ -546,16 +548,19 @@ fn load_channels(
                 }
                 ChannelProtocol::Vk(Box::new(settings))
             }
-            other => {
-                l.problem(
-                    &path,
-                    Some("kind"),
-                    format!(
-                        "channel kind {:?} is not available in this version of leadgate",
-                        other.as_str()
-                    ),
-                );
-                continue;
+            ChannelKind::Telegram => {
+                let Some(settings) = file.telegram.clone() else {
+                    l.problem(
+                        &path,
+                        Some("telegram"),
+                        "a telegram channel needs a [telegram] table with the bot's `token_file` (or `token`, `token_env`)",
+                    );
+                    continue;
+                };
+                if let Err(e) = TelegramChannel::new(ChannelId(id.clone()), settings.clone()) {
+                    l.problem(&path, Some("telegram"), e);
+                }
+                ChannelProtocol::Telegram(Box::new(settings))
             }
         };
         let tables = [
@@ -567,6 +572,7 @@ fn load_channels(
                 ChannelKind::Telephony,
             ),
             ("vk", file.vk.is_some(), ChannelKind::Vk),
+            ("telegram", file.telegram.is_some(), ChannelKind::Telegram),
         ];
         for (table, present, owner) in tables {
             if present && owner != file.kind {

@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 use leadgate_connector::{ChannelId, Secret};
 use leadgate_forms::FormSettings;
 use leadgate_imap::ImapSettings;
+use leadgate_telegram::TelegramSettings;
 use leadgate_telephony::TelephonySettings;
 use leadgate_vk::VkSettings;
 use serde::Deserialize;
@@ -290,6 +291,7 @@ pub enum ChannelProtocol {
     Imap(Box<ImapSettings>),
     Telephony(Box<TelephonySettings>),
     Vk(Box<VkSettings>),
+    Telegram(Box<TelegramSettings>),
 }
 
 /// Resolve the database URL: `url`, else `url_file`, else the packaged
