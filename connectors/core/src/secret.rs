@@ -47,6 +47,26 @@ fn resolve_path(path: &Path) -> PathBuf {
     }
 }
 
+/// A secret file holds a key or a password, never megabytes. Reading stops
+/// past this, so a path naming a device (`/dev/zero`) or a wrong, huge file
+/// is refused instead of filling memory.
+const MAX_SECRET_FILE: u64 = 64 * 1024;
+
+fn read_secret_file(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    let read = std::fs::File::open(path)?
+        .take(MAX_SECRET_FILE + 1)
+        .read_to_string(&mut text)?;
+    if read as u64 > MAX_SECRET_FILE {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {MAX_SECRET_FILE} bytes, not a secret"),
+        ));
+    }
+    Ok(text)
+}
+
 /// Where a channel file may take a secret from: inline (`api_key`), a file
 /// (`api_key_file`, trailing newline trimmed) or an environment variable
 /// (`api_key_env`). At most one may be set.
@@ -79,7 +99,7 @@ impl SecretSource {
         }
         if let Some(path) = &self.file {
             let path = resolve_path(path);
-            let text = std::fs::read_to_string(&path)
+            let text = read_secret_file(&path)
                 .map_err(|e| format!("`{field}_file`: cannot read {}: {e}", path.display()))?;
             let trimmed = text.trim_end_matches(['\r', '\n']);
             if trimmed.is_empty() {
@@ -96,5 +116,34 @@ impl SecretSource {
             };
         }
         Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_secret_file_is_read_boundedly() {
+        let dir = std::env::temp_dir().join(format!("leadgate-secret-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = dir.join("key");
+        std::fs::write(&key, "s3cret\n").unwrap();
+        let from = |file: &Path| SecretSource {
+            file: Some(file.to_owned()),
+            ..SecretSource::default()
+        };
+        assert_eq!(
+            from(&key).resolve("api_key").unwrap().unwrap().expose(),
+            "s3cret"
+        );
+        let huge = dir.join("huge");
+        std::fs::write(&huge, vec![b'k'; MAX_SECRET_FILE as usize + 1]).unwrap();
+        let err = from(&huge).resolve("api_key").unwrap_err();
+        assert!(err.contains("larger than"), "{err}");
+        // An endless device is refused as promptly.
+        let err = from(Path::new("/dev/zero")).resolve("api_key").unwrap_err();
+        assert!(err.contains("larger than"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

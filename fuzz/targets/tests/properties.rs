@@ -216,3 +216,19 @@ fn a_changed_signature_byte_is_refused() {
         "only {signed_samples} validly signed samples were checked"
     );
 }
+
+/// Regression: a channel's secret file naming an endless device
+/// (`api_key_file = "/dev/zero"`) made the loader read until memory ran
+/// out; it is refused now (connectors/core/src/secret.rs).
+#[test]
+fn a_secret_file_on_an_endless_device_is_refused() {
+    let seed = &corpus::seeds("config")[0];
+    let mut files = leadgate_fuzz_targets::input::split_config_folder(&seed.data);
+    files[1] = Some(b"kind = \"form\"\n[form]\napi_key_file = \"/dev/zero\"\n");
+    let input: Arc<[u8]> = leadgate_fuzz_targets::input::config_folder(&files).into();
+    let watchdog = Watchdog::start("config");
+    assert_eq!(
+        watchdog.guard(input, leadgate_fuzz_targets::config),
+        Verdict::Refused
+    );
+}
