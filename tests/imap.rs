@@ -372,3 +372,94 @@ async fn post_processing_marks_seen_or_moves_committed_mail() {
     drop(daemon);
     db.close().await;
 }
+
+/// Implicit TLS and STARTTLS against a Dovecot whose certificate a private
+/// CA issued: trusted through `ca_file`, refused without it.
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_and_starttls_trust_a_private_ca_and_only_it() {
+    let Some(dovecot) = Dovecot::start_tls() else {
+        return;
+    };
+    let tls_port = dovecot.tls_port.expect("TLS port");
+    let mut imap = ImapClient::login(dovecot.port);
+    imap.append("INBOX", &mail(1));
+    let base = |port: u16, security: &str, extra: &str| {
+        format!(
+            "kind = \"imap\"\n[imap]\nhost = \"127.0.0.1\"\nport = {port}\nsecurity = \"{security}\"\n\
+             username = \"{}\"\npassword = \"{}\"\npoll_interval = \"1s\"\n{extra}{MAIL_RULES}",
+            support::dovecot::USER,
+            support::dovecot::PASSWORD,
+        )
+    };
+    let tls = base(tls_port, "tls", "ca_file = \"test-ca.pem\"\n");
+    let starttls = base(dovecot.port, "starttls", "ca_file = \"test-ca.pem\"\n");
+    let untrusted = base(tls_port, "tls", "");
+    let cfg = TestConfig::new(
+        None,
+        &[
+            ("tls", tls.as_str()),
+            ("starttls", starttls.as_str()),
+            ("untrusted", untrusted.as_str()),
+        ],
+        TEAM,
+        ROUTING,
+    );
+    // Relative to the configuration folder, like every *_file setting.
+    std::fs::copy(dovecot.ca_file(), cfg.path().join("test-ca.pem")).unwrap();
+    let daemon = Daemon::start(&cfg);
+    let db = Db::open(&cfg.db_url).await;
+    wait_for_rows(&db, 2, Duration::from_secs(30), &daemon).await;
+    let per_channel = |channel: &'static str| {
+        let db = &db;
+        async move {
+            db.int(
+                "SELECT COUNT(*) FROM inbound_messages WHERE channel_id = $1",
+                Some(channel),
+            )
+            .await
+        }
+    };
+    assert_eq!(per_channel("tls").await, 1, "{}", daemon.log_text());
+    assert_eq!(per_channel("starttls").await, 1, "{}", daemon.log_text());
+
+    // The channel without the CA never gets past the handshake, and says why.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let error = loop {
+        let error = db
+            .texts("SELECT value FROM channel_state WHERE channel_id = 'untrusted' AND cursor_key = 'last_error'")
+            .await;
+        if let Some(Some(e)) = error.into_iter().next() {
+            break e;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no error recorded: {}",
+            daemon.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        error.to_lowercase().contains("certificate"),
+        "the error names the certificate: {error}"
+    );
+    assert_eq!(per_channel("untrusted").await, 0);
+    db.close().await;
+}
+
+/// A `ca_file` that is missing or not PEM is a configuration error naming
+/// the file, found by `leadgate check` before anything runs.
+#[test]
+fn a_bad_ca_file_is_a_config_error() {
+    let channel = "kind = \"imap\"\n[imap]\nhost = \"127.0.0.1\"\nsecurity = \"tls\"\nusername = \"u\"\npassword = \"p\"\nca_file = \"ca.pem\"\n";
+    let cfg = TestConfig::new(None, &[("sales", channel)], TEAM, ROUTING);
+    let (code, _, err) = support::daemon::cli(cfg.path(), &["check"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("ca_file") && err.contains("ca.pem"), "{err}");
+    cfg.write("ca.pem", "this is not a certificate\n");
+    let (code, _, err) = support::daemon::cli(cfg.path(), &["check"]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("no certificate") && err.contains("ca.pem"),
+        "{err}"
+    );
+}

@@ -13,8 +13,36 @@ pub const PASSWORD: &str = "secret";
 
 pub struct Dovecot {
     dir: tempfile::TempDir,
+    /// Plain IMAP (and STARTTLS when TLS is on).
     pub port: u16,
+    /// Implicit TLS (imaps), when started with [`Dovecot::start_tls`].
+    pub tls_port: Option<u16>,
     master: Option<Child>,
+}
+
+/// A throwaway CA and a certificate it issued for 127.0.0.1 / localhost,
+/// written as PEM into `dir`; returns the CA file.
+fn issue_certificate(dir: &std::path::Path) -> PathBuf {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, SanType};
+    let ca_key = KeyPair::generate().expect("CA key");
+    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "leadgate test CA");
+    let ca_cert = ca.self_signed(&ca_key).expect("CA certificate");
+    let key = KeyPair::generate().expect("server key");
+    let mut server = CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
+    server
+        .subject_alt_names
+        .push(SanType::IpAddress([127, 0, 0, 1].into()));
+    let cert = server
+        .signed_by(&key, &ca_cert, &ca_key)
+        .expect("server certificate");
+    std::fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, ca_cert.pem()).unwrap();
+    ca_file
 }
 
 fn binary() -> Option<PathBuf> {
@@ -32,6 +60,20 @@ fn whoami(flag: &str) -> String {
 impl Dovecot {
     /// Start one, or `None` (after saying so) when Dovecot is not installed.
     pub fn start() -> Option<Dovecot> {
+        Dovecot::start_with(false)
+    }
+
+    /// Start one that speaks TLS on `tls_port` and STARTTLS on `port`, with
+    /// a certificate from a throwaway CA ([`Dovecot::ca_file`]).
+    pub fn start_tls() -> Option<Dovecot> {
+        Dovecot::start_with(true)
+    }
+
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    fn start_with(tls: bool) -> Option<Dovecot> {
         let Some(bin) = binary() else {
             super::skip_or_fail("Dovecot (Debian package dovecot-imapd)");
             return None;
@@ -76,6 +118,17 @@ impl Dovecot {
         )
         .unwrap();
         let port = free_port();
+        let tls_port = tls.then(free_port);
+        let ssl = match tls {
+            true => {
+                issue_certificate(d);
+                format!(
+                    "ssl = yes\nssl_cert = <{0}/cert.pem\nssl_key = <{0}/key.pem",
+                    d.display()
+                )
+            }
+            false => "ssl = no".to_owned(),
+        };
         let conf = format!(
             r#"protocols = imap
 listen = 127.0.0.1
@@ -87,7 +140,7 @@ default_internal_user = {internal}
 default_internal_group = {group}
 first_valid_uid = 1
 log_path = {d}/log/dovecot.log
-ssl = no
+{ssl}
 disable_plaintext_auth = no
 auth_mechanisms = plain login
 mail_location = maildir:~/Maildir
@@ -105,7 +158,8 @@ service imap-login {{
     port = {port}
   }}
   inet_listener imaps {{
-    port = 0
+    address = 127.0.0.1
+    port = {imaps}
   }}
   chroot =
 }}
@@ -115,11 +169,13 @@ service anvil {{
 "#,
             d = d.display(),
             internal = if root { "dovecot" } else { user.as_str() },
+            imaps = tls_port.unwrap_or(0),
         );
         std::fs::write(d.join("dovecot.conf"), conf).unwrap();
         let mut dovecot = Dovecot {
             dir,
             port,
+            tls_port,
             master: None,
         };
         dovecot.spawn(&bin);

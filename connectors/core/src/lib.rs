@@ -35,6 +35,6 @@ pub use inbound::{
     IdentityKind, Inbound, Sender, fields,
 };
 pub use live::LiveChannels;
-pub use secret::{Secret, SecretSource, set_secret_base_dir};
+pub use secret::{Secret, SecretSource, resolve_config_path, set_secret_base_dir};
 pub use sink::{Batch, BoxFuture, CursorUpdate, Disposition, PollerContext, Receipt, Sink};
 pub use tokio_util::sync::CancellationToken;

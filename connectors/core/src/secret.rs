@@ -40,6 +40,11 @@ pub fn set_secret_base_dir(dir: &Path) {
     *BASE_DIR.write().unwrap_or_else(|e| e.into_inner()) = Some(dir.to_owned());
 }
 
+/// A path from a channel file, relative to the configuration folder.
+pub fn resolve_config_path(path: &Path) -> PathBuf {
+    resolve_path(path)
+}
+
 fn resolve_path(path: &Path) -> PathBuf {
     match &*BASE_DIR.read().unwrap_or_else(|e| e.into_inner()) {
         Some(base) if path.is_relative() => base.join(path),

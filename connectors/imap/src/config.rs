@@ -1,4 +1,5 @@
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use leadgate_connector::{ChannelId, HumanDuration, Secret, SecretSource};
@@ -54,6 +55,9 @@ pub struct ImapSettings {
     pub port: Option<u16>,
     #[serde(default)]
     pub security: Security,
+    /// PEM file of CA certificates to trust besides the public web PKI
+    /// roots: for a server whose certificate a private CA issued.
+    pub ca_file: Option<PathBuf>,
     pub username: String,
     pub password: Option<Secret>,
     pub password_file: Option<PathBuf>,
@@ -113,6 +117,7 @@ pub struct ImapChannel {
     pub id: ChannelId,
     pub settings: ImapSettings,
     pub credentials: Credentials,
+    pub tls: Arc<rustls::ClientConfig>,
 }
 
 impl ImapChannel {
@@ -155,8 +160,10 @@ impl ImapChannel {
                 Credentials::Password(password)
             }
         };
+        let tls = crate::stream::client_config(settings.ca_file.as_deref())?;
         Ok(ImapChannel {
             id,
+            tls,
             settings,
             credentials,
         })

@@ -172,7 +172,7 @@ async fn connect(channel: &ImapChannel) -> Result<ImapSession, ConnectorError> {
             .await
             .map_err(network)?;
         let stream = match s.security {
-            Security::Tls => tls(tcp, &s.host).await.map_err(network)?,
+            Security::Tls => tls(tcp, &s.host, &channel.tls).await.map_err(network)?,
             Security::Starttls | Security::Plain => MailStream::Plain(tcp),
         };
         let mut client = Client::new(stream);
@@ -193,7 +193,7 @@ async fn connect(channel: &ImapChannel) -> Result<ImapSession, ConnectorError> {
             let MailStream::Plain(tcp) = client.into_inner() else {
                 return Err(ConnectorError::Peer("STARTTLS on a TLS stream".into()));
             };
-            client = Client::new(tls(tcp, &s.host).await.map_err(network)?);
+            client = Client::new(tls(tcp, &s.host, &channel.tls).await.map_err(network)?);
         }
         let login = match (&channel.credentials, s.auth) {
             (Credentials::Password(p), crate::config::AuthMethod::Login) => {

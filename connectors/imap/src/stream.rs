@@ -1,16 +1,19 @@
-//! The connection under the IMAP client: plain TCP or TLS (rustls, system
-//! roots from webpki-roots), behind one type so one session type serves both.
+//! The connection under the IMAP client: plain TCP or TLS (rustls; the web
+//! PKI roots from webpki-roots plus a channel's own `ca_file`), behind one
+//! type so one session type serves both.
 
 use std::io;
+use std::path::Path;
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
-use tokio_rustls::rustls::pki_types::ServerName;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
 
 #[derive(Debug)]
 pub enum MailStream {
@@ -18,34 +21,49 @@ pub enum MailStream {
     Tls(Box<TlsStream<TcpStream>>),
 }
 
-fn connector() -> Result<TlsConnector, io::Error> {
-    static CONFIG: OnceLock<Result<Arc<rustls::ClientConfig>, String>> = OnceLock::new();
-    let config = CONFIG.get_or_init(|| {
-        let roots = rustls::RootCertStore {
-            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-        };
-        rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
+/// The TLS client settings of a channel: the public web PKI roots, plus
+/// the CA certificates of `ca_file` when set.
+pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, String> {
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    if let Some(file) = ca_file {
+        let path = leadgate_connector::resolve_config_path(file);
+        let shown = path.display();
+        let certs = CertificateDer::pem_file_iter(&path)
+            .map_err(|e| format!("`ca_file`: cannot read {shown}: {e}"))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("`ca_file`: {shown} is not PEM certificates: {e}"))?;
+        if certs.is_empty() {
+            return Err(format!("`ca_file`: no certificate in {shown}"));
+        }
+        for cert in certs {
+            roots
+                .add(cert)
+                .map_err(|e| format!("`ca_file`: a certificate in {shown} is unusable: {e}"))?;
+        }
+    }
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
         .map(|b| Arc::new(b.with_root_certificates(roots).with_no_client_auth()))
-        .map_err(|e| e.to_string())
-    });
-    config
-        .clone()
-        .map(TlsConnector::from)
-        .map_err(io::Error::other)
+        .map_err(|e| format!("TLS setup: {e}"))
 }
 
 /// Wrap a TCP connection in TLS for `host` (certificate checked).
-pub async fn tls(tcp: TcpStream, host: &str) -> io::Result<MailStream> {
+pub async fn tls(
+    tcp: TcpStream,
+    host: &str,
+    config: &Arc<rustls::ClientConfig>,
+) -> io::Result<MailStream> {
     let name = ServerName::try_from(host.to_owned()).map_err(|e| {
         io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("bad host name {host:?}: {e}"),
         )
     })?;
-    let stream = connector()?.connect(name, tcp).await?;
+    let stream = TlsConnector::from(config.clone())
+        .connect(name, tcp)
+        .await?;
     Ok(MailStream::Tls(Box::new(stream)))
 }
 
