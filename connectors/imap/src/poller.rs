@@ -12,7 +12,9 @@ use async_imap::extensions::idle::IdleResponse;
 use async_imap::{Client, Session};
 use chrono::Utc;
 use futures_util::TryStreamExt;
-use leadgate_connector::{Batch, ConnectorError, CursorUpdate, Flag, Inbound, PollerContext};
+use leadgate_connector::{
+    Batch, ConnectorError, CursorUpdate, Flag, Inbound, PollerContext, SinkError,
+};
 
 use crate::config::{AfterCommit, Credentials, ImapChannel, Security};
 use crate::message::parse_message;
@@ -269,6 +271,11 @@ async fn sync_folder(
         .filter(|u| *u > cursor.last_uid)
         .collect();
     uids.sort_unstable();
+    // One batch commits while the next is fetched and parsed: the writer
+    // and the IMAP server work at the same time. Commits still happen one
+    // after another, in UID order, so the stored cursor only moves forward
+    // and post-processing follows each commit.
+    let mut committing: Option<InFlight> = None;
     for chunk in uids.chunks(channel.settings.batch_size) {
         if ctx.shutdown.is_cancelled() {
             break;
@@ -319,21 +326,54 @@ async fn sync_folder(
             uid_validity,
             last_uid: highest,
         };
-        ctx.sink
-            .submit(Batch {
-                items,
-                cursor: Some(CursorUpdate {
-                    key: cursor_key(folder),
-                    value: next.value(),
-                }),
-            })
-            .await?;
-        cursor = next;
-        cursors.insert(folder.to_owned(), cursor);
-        after_commit(session, channel, &set, can_move).await;
+        if let Some(previous) = committing.take() {
+            cursor = previous.settle(session, channel, can_move).await?;
+            cursors.insert(folder.to_owned(), cursor);
+        }
+        let sink = ctx.sink.clone();
+        let batch = Batch {
+            items,
+            cursor: Some(CursorUpdate {
+                key: cursor_key(folder),
+                value: next.value(),
+            }),
+        };
+        committing = Some(InFlight {
+            commit: tokio::spawn(async move { sink.submit(batch).await }),
+            set,
+            cursor: next,
+        });
+    }
+    if let Some(last) = committing.take() {
+        cursor = last.settle(session, channel, can_move).await?;
     }
     cursors.insert(folder.to_owned(), cursor);
     Ok(())
+}
+
+/// A batch handed to the sink whose commit is not yet confirmed.
+struct InFlight {
+    commit: tokio::task::JoinHandle<Result<Vec<leadgate_connector::Receipt>, SinkError>>,
+    /// Its UIDs, for post-processing.
+    set: String,
+    cursor: FolderCursor,
+}
+
+impl InFlight {
+    /// Wait for the commit, then post-process its messages; the cursor it
+    /// stored is where the folder now stands.
+    async fn settle(
+        self,
+        session: &mut ImapSession,
+        channel: &ImapChannel,
+        can_move: bool,
+    ) -> Result<FolderCursor, ConnectorError> {
+        self.commit
+            .await
+            .map_err(|e| SinkError::Unavailable(format!("the commit task failed: {e}")))??;
+        after_commit(session, channel, &self.set, can_move).await;
+        Ok(self.cursor)
+    }
 }
 
 /// Post-processing of committed messages. A failure here loses nothing (the
