@@ -662,6 +662,82 @@ mod tests {
         assert!(matches!(member.inbound.flags[..], [Flag::NotLead(_)]));
     }
 
+    /// Every corpus sample, and every prefix of it that is still JSON, and
+    /// each of its values replaced by values of other types, gives exactly
+    /// one item with a key, without panicking.
+    #[test]
+    fn corpus_samples_and_their_mutations_never_panic() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../../shared/corpus/telegram");
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            eprintln!("no corpus at {}: skipped", dir.display());
+            return;
+        };
+        let replacements = [
+            json!(null),
+            json!(-1),
+            json!(1.5),
+            json!("x"),
+            json!([]),
+            json!({}),
+            json!(true),
+            json!(i64::MAX),
+        ];
+        for entry in entries.flatten() {
+            let text = std::fs::read_to_string(entry.path()).unwrap();
+            let mut cut = 0;
+            while cut < text.len() {
+                if text.is_char_boundary(cut)
+                    && let Ok(v) = serde_json::from_str::<Value>(&text[..cut])
+                {
+                    assert!(!parse(v).inbound.source_ref.is_empty());
+                }
+                cut += 1;
+            }
+            let Ok(value) = serde_json::from_str::<Value>(&text) else {
+                continue;
+            };
+            let mut paths = Vec::new();
+            collect_paths(&value, &mut Vec::new(), &mut paths);
+            for path in paths {
+                for replacement in &replacements {
+                    let mut mutated = value.clone();
+                    if let Some(slot) = pointer_mut(&mut mutated, &path) {
+                        *slot = replacement.clone();
+                    }
+                    let p = parse(mutated);
+                    assert!(!p.inbound.source_ref.is_empty(), "{path:?}");
+                }
+            }
+        }
+    }
+
+    fn collect_paths(v: &Value, at: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
+        out.push(at.clone());
+        match v {
+            Value::Object(m) => {
+                for (k, child) in m {
+                    at.push(k.clone());
+                    collect_paths(child, at, out);
+                    at.pop();
+                }
+            }
+            Value::Array(a) => {
+                for (i, child) in a.iter().enumerate() {
+                    at.push(i.to_string());
+                    collect_paths(child, at, out);
+                    at.pop();
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn pointer_mut<'a>(v: &'a mut Value, path: &[String]) -> Option<&'a mut Value> {
+        let pointer: String = path.iter().map(|p| format!("/{p}")).collect();
+        v.pointer_mut(&pointer)
+    }
+
     #[test]
     fn business_answers_are_outgoing() {
         let v = json!({"update_id": 4, "business_message": {"message_id": 2, "date": 1,
