@@ -24,9 +24,16 @@ pub const CHANNELS_DIR: &str = "channels.d";
 pub const TEAM_FILE: &str = "team.toml";
 pub const ROUTING_FILE: &str = "routing.toml";
 
+/// Problems listed by one run; more are counted, not listed. Locating a
+/// problem scans its file, so a file with a hundred thousand mistakes (a
+/// pasted list gone wrong) would otherwise keep `check` busy for minutes.
+const MAX_LISTED_PROBLEMS: usize = 100;
+
 /// Collects problems while the files are read, so one run reports them all.
 struct Loader {
     problems: Vec<Problem>,
+    /// Problems past [`MAX_LISTED_PROBLEMS`].
+    unlisted: usize,
 }
 
 /// The text of one file, kept to turn byte spans into line numbers.
@@ -49,7 +56,33 @@ impl Source {
 }
 
 impl Loader {
+    /// Whether another problem may still be listed; counts it if not.
+    fn room(&mut self) -> bool {
+        if self.problems.len() < MAX_LISTED_PROBLEMS {
+            return true;
+        }
+        self.unlisted += 1;
+        false
+    }
+
+    /// Every listed problem, then how many more there were.
+    fn into_problems(mut self, dir: &Path) -> Vec<Problem> {
+        if self.unlisted > 0 {
+            self.problems.push(Problem {
+                file: dir.to_owned(),
+                line: None,
+                column: None,
+                field: None,
+                message: format!("… and {} more problem(s) not listed", self.unlisted),
+            });
+        }
+        self.problems
+    }
+
     fn problem(&mut self, file: &Path, field: Option<&str>, message: impl Into<String>) {
+        if !self.room() {
+            return;
+        }
         self.problems.push(Problem {
             file: file.to_owned(),
             line: None,
@@ -66,6 +99,9 @@ impl Loader {
         field: Option<&str>,
         message: impl Into<String>,
     ) {
+        if !self.room() {
+            return;
+        }
         let (line, column) = src.line_col(span.start);
         self.problems.push(Problem {
             file: src.path.clone(),
@@ -115,6 +151,7 @@ impl Loader {
 pub fn load(dir: &Path) -> Result<Config, ConfigError> {
     let mut l = Loader {
         problems: Vec::new(),
+        unlisted: 0,
     };
     if !dir.is_dir() {
         l.problem(
@@ -146,7 +183,7 @@ pub fn load(dir: &Path) -> Result<Config, ConfigError> {
             routing,
         }),
         _ => Err(ConfigError {
-            problems: l.problems,
+            problems: l.into_problems(dir),
         }),
     }
 }
