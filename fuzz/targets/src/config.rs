@@ -47,15 +47,18 @@ pub fn config(data: &[u8]) -> Verdict {
             }
             Err(e) => {
                 assert!(!e.problems.is_empty(), "an error without a problem");
+                let line_counts: Vec<Option<usize>> = parts
+                    .iter()
+                    .map(|p| p.map(|text| text.split(|b| *b == b'\n').count()))
+                    .collect();
                 for p in &e.problems {
-                    let text = p
+                    let lines = p
                         .file
                         .strip_prefix(dir)
                         .ok()
                         .and_then(|rel| CONFIG_FILES.iter().position(|n| rel == *n))
-                        .and_then(|i| parts[i]);
-                    if let (Some(line), Some(text)) = (p.line, text) {
-                        let lines = text.split(|b| *b == b'\n').count();
+                        .and_then(|i| line_counts[i]);
+                    if let (Some(line), Some(lines)) = (p.line, lines) {
                         assert!(
                             (1..=lines).contains(&line),
                             "problem at line {line} of a {lines}-line file: {p}"

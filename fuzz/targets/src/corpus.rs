@@ -37,6 +37,8 @@ pub fn seeds(target: &str) -> Vec<Seed> {
         "email" => email_seeds(),
         "telephony" => telephony_seeds(),
         "config" => config_seeds(),
+        "telegram" => json_seeds("telegram"),
+        "vk" => json_seeds("vk"),
         other => panic!("no target called {other:?}"),
     };
     assert!(
@@ -106,6 +108,17 @@ fn form_seeds() -> Vec<Seed> {
                 name: stem(path),
                 data: form_post(sample["content_type"].as_str(), &http_body(&sample)),
             }
+        })
+        .collect()
+}
+
+/// Messenger samples are the payloads themselves.
+fn json_seeds(folder: &str) -> Vec<Seed> {
+    files(&corpus_dir().join(folder), "json")
+        .iter()
+        .map(|path| Seed {
+            name: stem(path),
+            data: read(path),
         })
         .collect()
 }

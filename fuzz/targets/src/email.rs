@@ -1,15 +1,12 @@
-use std::collections::HashMap;
 use std::sync::OnceLock;
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use leadgate::config::ChannelKind;
-use leadgate::pipeline::{ChannelRules, PipelineSettings, prepare};
-use leadgate::routing::{RoutingConfig, TeamConfig};
-use leadgate_connector::{ChannelId, Disposition, Flag, IdentityKind};
+use leadgate_connector::{ChannelId, Flag, IdentityKind};
 use leadgate_imap::{MailRules, parse_message};
 
 use crate::Verdict;
+use crate::pipeline_check::{channel_of, prepare_checked};
 
 /// The caps `leadgate_imap::parse_message` documents and keeps (the
 /// constants in connectors/imap/src/message.rs); a message may never make
@@ -29,27 +26,6 @@ pub mod limits {
 /// What `parse_message` says when it had to catch a panic of its own.
 const CAUGHT_PANIC: &str = "the message could not be parsed";
 
-const CHANNEL: &str = "mail";
-
-fn settings() -> &'static PipelineSettings {
-    static SETTINGS: OnceLock<PipelineSettings> = OnceLock::new();
-    SETTINGS.get_or_init(|| PipelineSettings {
-        channels: HashMap::from([(
-            CHANNEL.to_owned(),
-            ChannelRules {
-                kind: ChannelKind::Imap,
-                lead_source: true,
-                responsible: None,
-                dedupe_window: Duration::from_secs(600),
-                activity_window: Duration::from_secs(30 * 86_400),
-            },
-        )]),
-        routing: RoutingConfig::default(),
-        team: TeamConfig::default(),
-        region: phonenumber::country::Id::RU,
-    })
-}
-
 fn rules() -> &'static MailRules {
     static RULES: OnceLock<MailRules> = OnceLock::new();
     RULES.get_or_init(|| MailRules {
@@ -63,7 +39,12 @@ fn rules() -> &'static MailRules {
 /// pure steps (normalization, classification).
 pub fn email(data: &[u8]) -> Verdict {
     let received = DateTime::<Utc>::from_timestamp(1_800_000_000, 0).expect("a valid time");
-    let inbound = parse_message(&ChannelId(CHANNEL.into()), data, received, rules());
+    let inbound = parse_message(
+        &ChannelId(channel_of(ChannelKind::Imap).into()),
+        data,
+        received,
+        rules(),
+    );
 
     if let Some(Flag::Invalid(why)) = inbound
         .flags
@@ -137,22 +118,5 @@ pub fn email(data: &[u8]) -> Verdict {
         );
     }
 
-    let invalid = inbound.flags.iter().any(|f| matches!(f, Flag::Invalid(_)));
-    let prepared = prepare(inbound, settings()).expect("the channel is configured");
-    if invalid {
-        assert_eq!(
-            prepared.verdict.as_ref().map(|(d, _)| *d),
-            Some(Disposition::Invalid),
-            "a message flagged invalid must be classified invalid"
-        );
-        return Verdict::Refused;
-    }
-    for (kind, value) in &prepared.identities {
-        match kind {
-            IdentityKind::Phone => crate::assert_phone_shape(value),
-            IdentityKind::Email => assert!(value.contains('@'), "e-mail {value:?} has no @"),
-            _ => {}
-        }
-    }
-    Verdict::Accepted
+    prepare_checked(inbound)
 }

@@ -68,7 +68,7 @@ pub fn form_body(data: &[u8]) -> Verdict {
     );
     for phone in &form.phones {
         if let Some(normalized) = normalize::phone(phone, phonenumber::country::Id::RU) {
-            crate::assert_phone_shape(&normalized);
+            crate::pipeline_check::assert_phone_shape(&normalized);
         }
     }
     for email in &form.emails {

@@ -19,23 +19,15 @@ pub mod mutate;
 mod config;
 mod email;
 mod form_body;
+mod messengers;
+mod pipeline_check;
 mod telephony;
 
 pub use config::config;
 pub use email::email;
 pub use form_body::form_body;
+pub use messengers::{telegram, vk};
 pub use telephony::{flipped_signature_is_refused, telephony};
-
-/// A normalized phone is E.164 or, for numbers the metadata does not
-/// know, `+digits` or bare digits (`leadgate::pipeline::normalize::phone`):
-/// never empty, never anything else.
-fn assert_phone_shape(phone: &str) {
-    let digits = phone.strip_prefix('+').unwrap_or(phone);
-    assert!(
-        !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()),
-        "normalized phone {phone:?} is not +digits"
-    );
-}
 
 /// What a target made of one input, for tests that check their generators
 /// reach past the first refusal.
@@ -53,4 +45,6 @@ pub const TARGETS: &[(&str, fn(&[u8]) -> Verdict)] = &[
     ("email", email),
     ("telephony", telephony),
     ("config", config),
+    ("telegram", telegram),
+    ("vk", vk),
 ];
