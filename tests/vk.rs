@@ -36,6 +36,7 @@ fn channel_toml(fake: &FakeVk, way: Way, extra: &str) -> String {
         Way::Callback => {
             "mode = \"callback\"\nconfirmation = \"a1b2c3d4\"\nsecret = \"vk_test_secret\"\n"
         }
+        Way::LongPoll if extra.contains("wait =") => "mode = \"long_poll\"\n",
         Way::LongPoll => "mode = \"long_poll\"\nwait = \"5s\"\n",
     };
     format!(
@@ -339,4 +340,445 @@ async fn long_poll_corpus_on_sqlite() {
 async fn long_poll_corpus_on_postgres() {
     let Some(pg) = pg::server() else { return };
     replay(Way::LongPoll, Some(pg.create_database())).await;
+}
+
+async fn lp_daemon(fake: &FakeVk, db_url: Option<String>, extra: &str) -> (TestConfig, Daemon, Db) {
+    let cfg = config(
+        db_url,
+        &[("vk", channel_toml(fake, Way::LongPoll, extra))],
+        ROUTING,
+    );
+    let daemon = Daemon::start(&cfg);
+    let db = Db::open(&cfg.db_url).await;
+    fake.wait_for_polls(1, Duration::from_secs(20)).await;
+    (cfg, daemon, db)
+}
+
+async fn stored_ts(db: &Db, channel: &str) -> Option<String> {
+    db.row(
+        &format!(
+            "SELECT value FROM channel_state WHERE channel_id = '{channel}' AND cursor_key = $1"
+        ),
+        "ts",
+    )
+    .await
+    .and_then(|r| r["value"].clone())
+}
+
+/// failed 1: go on with the answer's ts; 2: new key, same ts (the events
+/// already waiting are fetched); 3: new key and ts.
+#[tokio::test(flavor = "multi_thread")]
+async fn long_poll_failed_answers_follow_the_protocol() {
+    let fake = FakeVk::start(100).await;
+    let (_cfg, daemon, db) = lp_daemon(&fake, None, "").await;
+    let rows = "SELECT COUNT(*) FROM inbound_messages";
+
+    fake.push([vk::message_new(800_000_001, 1, "first")]);
+    wait_for(&db, rows, 1, Duration::from_secs(10), &daemon).await;
+    assert_eq!(stored_ts(&db, "vk").await.as_deref(), Some("101"));
+
+    // 2: the key expires while an event waits; it must still arrive.
+    let servers = fake.calls("groups.getLongPollServer");
+    let key = fake.key();
+    fake.push_then_fail([vk::message_new(800_000_002, 1, "during key change")], 2);
+    wait_for(&db, rows, 2, Duration::from_secs(10), &daemon).await;
+    assert_eq!(fake.calls("groups.getLongPollServer"), servers + 1);
+    let after: Vec<_> = fake.polls().into_iter().filter(|p| p.key != key).collect();
+    assert_eq!(
+        after.first().map(|p| p.ts),
+        Some(101),
+        "kept its ts: {after:?}"
+    );
+    assert_eq!(stored_ts(&db, "vk").await.as_deref(), Some("102"));
+
+    // 1: history outdated; continue with the ts in the answer.
+    fake.forget_before(150);
+    fake.push((0..60).map(|i| vk::message_new(800_000_100 + i, 1, "lost")));
+    fake.fail_next_poll(1);
+    let head = fake.head();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !fake.polls().iter().any(|p| p.ts == head) {
+        assert!(
+            Instant::now() < deadline,
+            "no poll with the new ts {head}: {:?}",
+            fake.polls()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    fake.push([vk::message_new(800_000_003, 1, "after failed 1")]);
+    wait_for(
+        &db,
+        "SELECT COUNT(*) FROM inbound_messages WHERE text = 'after failed 1'",
+        1,
+        Duration::from_secs(10),
+        &daemon,
+    )
+    .await;
+
+    // 3: key and history lost; a new key and ts from getLongPollServer.
+    let servers = fake.calls("groups.getLongPollServer");
+    fake.fail_next_poll(3);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fake.calls("groups.getLongPollServer") == servers {
+        assert!(
+            Instant::now() < deadline,
+            "failed 3 did not fetch a new key"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let new_key = fake.key();
+    let head = fake.head();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !fake
+        .polls()
+        .iter()
+        .any(|p| p.key == new_key && p.ts == head)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no poll with the new key and ts: {:?}",
+            fake.polls()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    fake.push([vk::message_new(800_000_004, 1, "after failed 3")]);
+    wait_for(
+        &db,
+        "SELECT COUNT(*) FROM inbound_messages WHERE text = 'after failed 3'",
+        1,
+        Duration::from_secs(10),
+        &daemon,
+    )
+    .await;
+    assert_eq!(
+        count(
+            &db,
+            "SELECT COUNT(*) FROM inbound_messages WHERE text = 'lost'"
+        )
+        .await,
+        0,
+        "events VK no longer has are not invented"
+    );
+    assert_eq!(stored_ts(&db, "vk").await, Some(fake.head().to_string()));
+    db.close().await;
+}
+
+/// SIGKILL while events keep arriving: after restarts every event is
+/// stored exactly once (the ts only moves with the events it covers).
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_during_long_poll_then_restart_stores_every_event_once() {
+    const EVENTS: i64 = 120;
+    const USERS: i64 = 9;
+    let fake = FakeVk::start(5000).await;
+    let (_cfg, mut daemon, db) = lp_daemon(&fake, None, "wait = \"2s\"\n").await;
+    let feeder = {
+        let fake = fake.clone();
+        tokio::spawn(async move {
+            for i in 0..EVENTS {
+                let user = 810_000_000 + i % USERS;
+                fake.push([vk::message_new(user, i / USERS + 1, &format!("event {i}"))]);
+                tokio::time::sleep(Duration::from_millis(15)).await;
+            }
+        })
+    };
+    for pause in [250, 400, 300] {
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        daemon.restart();
+    }
+    feeder.await.unwrap();
+    wait_for(
+        &db,
+        "SELECT COUNT(*) FROM inbound_messages",
+        EVENTS,
+        Duration::from_secs(30),
+        &daemon,
+    )
+    .await;
+    assert_eq!(
+        count(
+            &db,
+            "SELECT COUNT(DISTINCT source_ref) FROM inbound_messages"
+        )
+        .await,
+        EVENTS
+    );
+    assert_eq!(
+        count(&db, "SELECT COUNT(*) FROM leads").await,
+        USERS,
+        "one lead per person"
+    );
+    assert_eq!(
+        count(&db, "SELECT COUNT(*) FROM activities").await,
+        EVENTS - USERS,
+        "every later message is one activity"
+    );
+    assert_eq!(
+        stored_ts(&db, "vk").await,
+        Some((5000 + EVENTS).to_string())
+    );
+    // Each start resumed from the committed ts: no poll went back before it
+    // except to re-fetch what was not committed yet.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        count(&db, "SELECT COUNT(*) FROM inbound_messages").await,
+        EVENTS
+    );
+    db.close().await;
+}
+
+/// One message seen by long poll and then, after the channel switched to
+/// Callback, delivered again by VK: one item, one lead.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_message_by_long_poll_and_by_callback_is_one_item() {
+    let fake = FakeVk::start(10).await;
+    let (cfg, daemon, db) = lp_daemon(&fake, None, "").await;
+    let card = corpus::sample("vk/003_message_market_product.json");
+    fake.push([vk::as_update(&card)]);
+    wait_for(
+        &db,
+        "SELECT COUNT(*) FROM leads",
+        1,
+        Duration::from_secs(10),
+        &daemon,
+    )
+    .await;
+
+    cfg.write(
+        "channels.d/vk.toml",
+        &channel_toml(&fake, Way::Callback, ""),
+    );
+    daemon.signal(libc::SIGHUP);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let reply = post(&cfg, "vk", raw_sample("vk/003_message_market_product.json")).await;
+        if reply.status == 200 {
+            assert_eq!(reply.body, "ok");
+            break;
+        }
+        assert_eq!(reply.status, 409, "{}", reply.body);
+        assert!(
+            Instant::now() < deadline,
+            "the reload did not switch the channel to callback"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM inbound_messages").await, 1);
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM leads").await, 1);
+    db.close().await;
+}
+
+/// users.get answering 6 and 10 is retried after a pause: the lead gets its
+/// name. A revoked token (5) stops the long-poll channel, with the reason
+/// in its status, and only that channel: a Callback channel goes on storing
+/// (without names).
+#[tokio::test(flavor = "multi_thread")]
+async fn api_errors_back_off_or_stop_the_channel() {
+    let fake = FakeVk::start(1).await;
+    let cfg = config(
+        None,
+        &[
+            ("lp", channel_toml(&fake, Way::LongPoll, "")),
+            ("cb", channel_toml(&fake, Way::Callback, "")),
+        ],
+        ROUTING,
+    );
+    let daemon = Daemon::start(&cfg);
+    let db = Db::open(&cfg.db_url).await;
+    fake.wait_for_polls(1, Duration::from_secs(20)).await;
+
+    let names = fake.calls("users.get");
+    fake.set_name(820_000_001, "Ирина", "Соколова");
+    fake.fail_next_calls(&[6, 10]);
+    fake.push([vk::message_new(820_000_001, 1, "Нужна консультация")]);
+    wait_for(
+        &db,
+        "SELECT COUNT(*) FROM leads",
+        1,
+        Duration::from_secs(15),
+        &daemon,
+    )
+    .await;
+    let lead = lead_of(&db, "msg:820000001:1").await;
+    assert_eq!(
+        lead["name"].as_deref(),
+        Some("Ирина Соколова"),
+        "retried after 6 and 10"
+    );
+    assert_eq!(fake.calls("users.get"), names + 3);
+
+    fake.revoke_token();
+    fake.fail_next_poll(2);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        let row = db
+            .row(
+                "SELECT value FROM channel_state WHERE channel_id = 'lp' AND cursor_key = $1",
+                "last_error",
+            )
+            .await;
+        if let Some(value) = row.and_then(|r| r["value"].clone()) {
+            break value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no channel error recorded\n{}",
+            daemon.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        status.contains("authentication failed") && status.contains("error 5"),
+        "{status}"
+    );
+    let polls = fake.polls().len();
+    let servers = fake.calls("groups.getLongPollServer");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        fake.polls().len(),
+        polls,
+        "a refused token is not retried at once"
+    );
+    assert_eq!(fake.calls("groups.getLongPollServer"), servers);
+    assert!(daemon.log_text().contains("fix the channel's settings"));
+
+    let mut message = corpus::sample("vk/002_message_new.json");
+    message["object"]["message"]["from_id"] = serde_json::json!(820_000_002);
+    message["object"]["message"]["peer_id"] = serde_json::json!(820_000_002);
+    let reply = post(&cfg, "cb", message.to_string().into_bytes()).await;
+    assert_eq!((reply.status, reply.body.as_str()), (200, "ok"));
+    let lead = lead_of(&db, "msg:820000002:101").await;
+    assert_eq!(
+        lead["name"], None,
+        "stored without the name the API refused"
+    );
+    db.close().await;
+}
+
+/// A burst of Callback messages from many people: names are looked up in
+/// few users.get calls, never above the configured rate (the fake answers
+/// error 6 beyond 3 calls a second, as VK does).
+#[tokio::test(flavor = "multi_thread")]
+async fn users_get_stays_under_the_rate_limit() {
+    const PEOPLE: i64 = 40;
+    let fake = FakeVk::start(1).await;
+    fake.set_rate_limit(3);
+    let cfg = config(
+        None,
+        &[(
+            "cb",
+            channel_toml(&fake, Way::Callback, "api_requests_per_second = 3\n"),
+        )],
+        ROUTING,
+    );
+    let _daemon = Daemon::start(&cfg);
+    let db = Db::open(&cfg.db_url).await;
+    let mut posts = Vec::new();
+    for i in 0..PEOPLE {
+        let mut message = corpus::sample("vk/002_message_new.json");
+        message["object"]["message"]["from_id"] = serde_json::json!(830_000_000 + i);
+        message["object"]["message"]["peer_id"] = serde_json::json!(830_000_000 + i);
+        let cfg_url = cfg.base_url();
+        posts.push(tokio::spawn(async move {
+            reqwest::Client::new()
+                .post(format!("{cfg_url}/vk/cb"))
+                .body(message.to_string())
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }));
+    }
+    for p in posts {
+        assert_eq!(p.await.unwrap(), 200);
+    }
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM leads").await, PEOPLE);
+    assert_eq!(
+        count(&db, "SELECT COUNT(*) FROM leads WHERE name LIKE 'Клиент%'").await,
+        PEOPLE,
+        "every lead named"
+    );
+    assert_eq!(fake.rate_errors(), 0, "never above VK's limit");
+    assert!(
+        fake.calls("users.get") < 10,
+        "batched: {} calls",
+        fake.calls("users.get")
+    );
+    // Cached: the same people again cost no call.
+    let calls = fake.calls("users.get");
+    let mut again = corpus::sample("vk/002_message_new.json");
+    again["object"]["message"]["from_id"] = serde_json::json!(830_000_000);
+    again["object"]["message"]["peer_id"] = serde_json::json!(830_000_000);
+    again["object"]["message"]["conversation_message_id"] = serde_json::json!(555);
+    assert_eq!(
+        post(&cfg, "cb", again.to_string().into_bytes())
+            .await
+            .status,
+        200
+    );
+    assert_eq!(fake.calls("users.get"), calls);
+    db.close().await;
+}
+
+/// The store down: Callback answers 503 (VK redelivers), the long poll
+/// pauses without moving its ts; when the database is back everything
+/// arrives, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn store_down_callback_refuses_long_poll_pauses_nothing_lost() {
+    let Some(pg) = pg::server() else { return };
+    let fake = FakeVk::start(300).await;
+    let cfg = config(
+        Some(pg.create_database()),
+        &[
+            ("lp", channel_toml(&fake, Way::LongPoll, "wait = \"2s\"\n")),
+            ("cb", channel_toml(&fake, Way::Callback, "")),
+        ],
+        ROUTING,
+    );
+    let daemon = Daemon::start(&cfg);
+    fake.wait_for_polls(1, Duration::from_secs(20)).await;
+    fake.push([vk::message_new(840_000_001, 1, "before the outage")]);
+    let db = Db::open(&cfg.db_url).await;
+    wait_for(
+        &db,
+        "SELECT COUNT(*) FROM inbound_messages",
+        1,
+        Duration::from_secs(10),
+        &daemon,
+    )
+    .await;
+    db.close().await;
+
+    pg.stop();
+    let reply = post(&cfg, "cb", raw_sample("vk/003_message_market_product.json")).await;
+    assert_eq!(reply.status, 503, "{}", reply.body);
+    fake.push((2..=6).map(|i| vk::message_new(840_000_000 + i, 1, "during the outage")));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    pg.start_again();
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let reply = post(&cfg, "cb", raw_sample("vk/003_message_market_product.json")).await;
+        if reply.status == 200 {
+            break;
+        }
+        assert_eq!(reply.status, 503, "{}", reply.body);
+        assert!(
+            Instant::now() < deadline,
+            "still 503 after the database came back"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let db = Db::open(&cfg.db_url).await;
+    wait_for(
+        &db,
+        "SELECT COUNT(*) FROM inbound_messages",
+        7,
+        Duration::from_secs(40),
+        &daemon,
+    )
+    .await;
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM leads").await, 7);
+    assert_eq!(stored_ts(&db, "lp").await, Some(fake.head().to_string()));
+    db.close().await;
 }

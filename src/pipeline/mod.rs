@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use leadgate_connector::{
-    Attachment, Batch, BoxFuture, CallDirection, Dedupe, Disposition, IdentityKind, Inbound,
-    Receipt, Sink, SinkError, fields,
+    Attachment, Batch, BoxFuture, CallDirection, ChannelId, CursorUpdate, Dedupe, Disposition,
+    IdentityKind, Inbound, Receipt, Sink, SinkError, fields,
 };
 use sha2::{Digest, Sha256};
 
@@ -327,6 +327,22 @@ impl Sink for Pipeline {
                 .map(|i| prepare(i, &settings))
                 .collect::<Result<Vec<_>, _>>()?;
             self.writer.write(channel, items, batch.cursor).await
+        })
+    }
+
+    fn save_cursor(
+        &self,
+        channel: ChannelId,
+        cursor: CursorUpdate,
+    ) -> BoxFuture<'_, Result<(), SinkError>> {
+        Box::pin(async move {
+            if !self.settings().channels.contains_key(channel.as_str()) {
+                return Err(SinkError::UnknownChannel(channel.0));
+            }
+            self.writer
+                .write(Some(channel), Vec::new(), Some(cursor))
+                .await
+                .map(drop)
         })
     }
 }

@@ -108,6 +108,23 @@ pub trait Sink: Send + Sync + 'static {
     /// acknowledged.
     fn submit(&self, batch: Batch) -> BoxFuture<'_, Result<Vec<Receipt>, SinkError>>;
 
+    /// Store a poller's cursor alone: its position moved with nothing to
+    /// store (a first start that reads "from now on", a peer that skipped
+    /// ahead), and a restart must resume from there. A sink that cannot
+    /// refuses, and the poller keeps the position in memory.
+    fn save_cursor(
+        &self,
+        channel: ChannelId,
+        cursor: CursorUpdate,
+    ) -> BoxFuture<'_, Result<(), SinkError>> {
+        let _ = (channel, cursor);
+        Box::pin(async {
+            Err(SinkError::Unavailable(
+                "this sink stores cursors only with items".into(),
+            ))
+        })
+    }
+
     /// Store one item (a webhook request).
     fn submit_one(&self, item: Inbound) -> BoxFuture<'_, Result<Receipt, SinkError>> {
         Box::pin(async move {

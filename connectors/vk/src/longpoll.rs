@@ -67,8 +67,18 @@ pub async fn run(channel: &VkChannel, ctx: &PollerContext) -> Result<(), Connect
         return Ok(());
     };
     let mut server = server?;
-    // First start: from now on. Later: right after the last commit.
-    let mut ts = saved.unwrap_or_else(|| server.ts.clone());
+    // First start: from now on, and that position is stored before any
+    // event is read, so a crash before the first commit does not skip the
+    // events that arrive meanwhile. Later: right after the last commit.
+    let mut ts = match saved {
+        Some(ts) => ts,
+        None => {
+            if !save_position(channel, ctx, &server.ts).await? {
+                return Ok(());
+            }
+            server.ts.clone()
+        }
+    };
     tracing::info!(channel = %channel.id, ts, "VK long poll started");
     let wait = channel.settings.wait.0;
     loop {
@@ -90,6 +100,7 @@ pub async fn run(channel: &VkChannel, ctx: &PollerContext) -> Result<(), Connect
                 ts: Some(next),
             } => {
                 tracing::warn!(channel = %channel.id, old = ts, new = next, "VK long poll history outdated (failed 1): events in between could not be fetched");
+                remember_position(channel, ctx, &next).await;
                 ts = next;
             }
             Poll::Failed { code: 2, .. } => {
@@ -109,6 +120,7 @@ pub async fn run(channel: &VkChannel, ctx: &PollerContext) -> Result<(), Connect
                 server = fresh?;
                 tracing::warn!(channel = %channel.id, failed = code, old = ts, new = server.ts, "VK long poll history lost; new key and ts (events in between could not be fetched)");
                 ts = server.ts.clone();
+                remember_position(channel, ctx, &ts).await;
             }
             Poll::Failed { code, .. } => {
                 return Err(ConnectorError::Peer(format!(
@@ -238,10 +250,7 @@ async fn store(
     }
     let batch = Batch {
         items: events.into_iter().map(|e| e.inbound).collect(),
-        cursor: Some(CursorUpdate {
-            key: CURSOR_KEY.into(),
-            value: next_ts.to_owned(),
-        }),
+        cursor: Some(cursor(next_ts)),
     };
     let mut pause = Duration::from_millis(250);
     loop {
@@ -260,6 +269,46 @@ async fn store(
             }
             Err(e) => return Err(e.into()),
         }
+    }
+}
+
+fn cursor(ts: &str) -> CursorUpdate {
+    CursorUpdate {
+        key: CURSOR_KEY.into(),
+        value: ts.to_owned(),
+    }
+}
+
+/// Store the position alone, retrying while the store is down; `false`
+/// when stopped first.
+async fn save_position(
+    channel: &VkChannel,
+    ctx: &PollerContext,
+    ts: &str,
+) -> Result<bool, ConnectorError> {
+    let mut pause = Duration::from_millis(250);
+    loop {
+        match ctx.sink.save_cursor(ctx.channel.clone(), cursor(ts)).await {
+            Ok(()) => return Ok(true),
+            Err(e @ SinkError::Unavailable(_)) => {
+                tracing::warn!(channel = %channel.id, error = %e, retry_in = ?pause, "VK long poll position not stored; waiting for the store");
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = ctx.shutdown.cancelled() => return Ok(false),
+                }
+                pause = (pause * 2).min(STORE_RETRY_MAX);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Store a position VK moved us to (failed 1 or 3) so a restart does not
+/// ask for the lost history again; the next commit carries it anyway, so a
+/// failure here only costs that repeat.
+async fn remember_position(channel: &VkChannel, ctx: &PollerContext, ts: &str) {
+    if let Err(e) = ctx.sink.save_cursor(ctx.channel.clone(), cursor(ts)).await {
+        tracing::debug!(channel = %channel.id, error = %e, "VK long poll position kept in memory only");
     }
 }
 

@@ -222,6 +222,14 @@ impl Sink for RecordingSink {
             Ok(receipts)
         })
     }
+
+    fn save_cursor(
+        &self,
+        _channel: leadgate_connector::ChannelId,
+        _cursor: leadgate_connector::CursorUpdate,
+    ) -> BoxFuture<'_, Result<(), SinkError>> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 async fn post(state: &VkState, channel: &str, body: impl Into<Body>) -> (StatusCode, String) {
