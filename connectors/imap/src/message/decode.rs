@@ -320,20 +320,23 @@ pub(super) fn lossy(bytes: &[u8]) -> String {
 /// Text safe to store: no NUL (PostgreSQL rejects it) or other C0 controls
 /// except tab and line breaks, and `\n` line ends.
 pub(super) fn clean_text(s: &str) -> String {
+    // Byte-wise: every byte to drop or rewrite is ASCII, hence a char
+    // boundary, and most text has none (this runs over every body).
+    let keep = |b: u8| (b >= 0x20 && b != 0x7F) || b == b'\n' || b == b'\t';
+    let bytes = s.as_bytes();
     let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '\r' => {
-                if chars.peek() != Some(&'\n') {
-                    out.push('\n');
-                }
-            }
-            '\n' | '\t' => out.push(c),
-            c if c.is_control() && (c as u32) < 0x20 || c == '\u{7F}' => {}
-            c => out.push(c),
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        if keep(b) {
+            continue;
         }
+        out.push_str(&s[start..i]);
+        if b == b'\r' && bytes.get(i + 1) != Some(&b'\n') {
+            out.push('\n');
+        }
+        start = i + 1;
     }
+    out.push_str(&s[start..]);
     out
 }
 
@@ -872,6 +875,9 @@ mod tests {
     #[test]
     fn cleaning() {
         assert_eq!(clean_text("a\0b\r\nc\rd\u{7}e\tf"), "ab\nc\nde\tf");
+        assert_eq!(clean_text("дом\r"), "дом\n");
+        assert_eq!(clean_text("x\u{7f}ё\u{85}\r\r\n"), "xё\u{85}\n\n");
+        assert_eq!(clean_text("plain text"), "plain text");
         assert_eq!(one_line("  a \r\n\t b\0c ", 100), "a b c");
         let mut s = "абв".to_owned();
         truncate(&mut s, 3);
