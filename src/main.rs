@@ -28,7 +28,11 @@ enum Command {
     /// Run the daemon.
     Run,
     /// Validate the configuration and exit (non-zero on any problem).
-    Check,
+    Check {
+        /// Also ask each Telegram bot's API whether its token works.
+        #[arg(long)]
+        online: bool,
+    },
     /// Create or upgrade the database schema and exit.
     Migrate,
     /// Per-channel health: is the daemon answering, what each channel
@@ -70,7 +74,7 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    if let Command::Check = cli.command {
+    if let Command::Check { online } = cli.command {
         let forms = config
             .channels
             .iter()
@@ -83,6 +87,9 @@ fn main() -> ExitCode {
             config.team.roles.len(),
             config.routing.rules.len()
         );
+        if online {
+            return check_online(&config);
+        }
         return ExitCode::SUCCESS;
     }
     logging::init(&config.main.log);
@@ -106,7 +113,7 @@ fn main() -> ExitCode {
             Command::Leads { limit } => leads(&config, limit).await,
             Command::Explain { inbound_id } => explain(&config, inbound_id).await,
             Command::Audit => audit(&config).await,
-            Command::Check => Ok(()),
+            Command::Check { .. } => Ok(()),
         }
     });
     match result {
@@ -115,6 +122,43 @@ fn main() -> ExitCode {
             eprintln!("leadgate: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `check --online`: each enabled Telegram bot's token against its API.
+fn check_online(config: &Config) -> ExitCode {
+    let bots = leadgate::daemon::telegram_channels(config);
+    if bots.is_empty() {
+        return ExitCode::SUCCESS;
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("leadgate: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut failed = false;
+    for bot in &bots {
+        let file = config
+            .channel(bot.id.as_str())
+            .map(|c| c.file.display().to_string())
+            .unwrap_or_default();
+        match runtime.block_on(leadgate_telegram::check_online(bot)) {
+            Ok(name) => println!("{file}: telegram: token OK ({name})"),
+            Err(e) => {
+                failed = true;
+                eprintln!("{file}: telegram: {e}");
+            }
+        }
+    }
+    if failed {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
     }
 }
 

@@ -825,3 +825,31 @@ async fn a_new_lead_is_greeted_once_with_a_share_phone_button() {
     assert_eq!(tries.len(), 2, "the 429 was retried once");
     assert!(tries[1].duration_since(tries[0]) >= Duration::from_millis(900));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn check_online_names_a_refused_token() {
+    let api = FakeBotApi::start().await;
+    let cfg = config(None, &api, "polling", "");
+    let dir = cfg.path().to_owned();
+    let (code, out, err) =
+        tokio::task::spawn_blocking(move || support::daemon::cli(&dir, &["check", "--online"]))
+            .await
+            .unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("token OK (@ourcompany_bot)"), "{out}");
+
+    let other = FakeBotApi::start_with_token("1:another_bot").await;
+    let cfg = config(None, &other, "polling", "");
+    let dir = cfg.path().to_owned();
+    let (code, out, err) =
+        tokio::task::spawn_blocking(move || support::daemon::cli(&dir, &["check", "--online"]))
+            .await
+            .unwrap();
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(
+        err.contains("shop.toml: telegram:") && err.contains("401"),
+        "{err}"
+    );
+    assert!(!err.contains(TOKEN) && !out.contains(TOKEN));
+    assert!(other.calls("getUpdates").is_empty(), "only getMe is asked");
+}

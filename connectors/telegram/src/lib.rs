@@ -50,5 +50,5 @@ mod update;
 
 pub use config::{Mode, TelegramChannel, TelegramSettings};
 pub use endpoint::{SECRET_HEADER, TelegramError, TelegramState, router};
-pub use poller::{CURSOR_KEY, run};
+pub use poller::{CURSOR_KEY, check_online, run};
 pub use update::{ChatPolicy, ParsedUpdate, json_error_message, parse_update, telegram_fields};

@@ -53,6 +53,23 @@ pub async fn run(channel: &TelegramChannel, ctx: &PollerContext) -> Result<(), C
     }
 }
 
+/// Ask Telegram whether the token works (`getMe`): the bot's username, or
+/// what is wrong, for `leadgate check --online`.
+pub async fn check_online(channel: &TelegramChannel) -> Result<String, String> {
+    let calls = bot(channel, CALL_TIMEOUT).map_err(|e| e.to_string())?;
+    match call(&calls, GetMeJson {}).await {
+        Ok(me) => Ok(format!(
+            "@{}",
+            me.get("username").and_then(|u| u.as_str()).unwrap_or("?")
+        )),
+        Err(e) => Err(match failure(e, "getMe", channel.token.expose()) {
+            Failure::RetryAfter(wait) => format!("getMe: Telegram asks to wait {wait:?} (429)"),
+            Failure::WebhookActive => "getMe: 409 Conflict".into(),
+            Failure::Stop(e) => e.to_string(),
+        }),
+    }
+}
+
 /// Repeat `make()` after each 429 until it succeeds or fails otherwise;
 /// `None` when stopped meanwhile.
 async fn retrying<T, F, Fut>(
