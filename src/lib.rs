@@ -10,6 +10,7 @@
 //! connector contract's `SinkError`, config `Problem`s, `StoreError`);
 //! `anyhow` only at the binary's edge.
 
+pub mod assign;
 pub mod audit;
 pub mod calls;
 pub mod config;

@@ -81,6 +81,9 @@ fn active_default() -> bool {
 pub struct Role {
     pub members: Vec<String>,
     pub strategy: Strategy,
+    /// Round-robin turns per cycle by member (default 1): `olga = 2`
+    /// gives olga two leads for every one of the others.
+    pub weights: BTreeMap<String, u32>,
 }
 
 /// `team.toml`: who can be assigned.
@@ -88,6 +91,8 @@ pub struct Role {
 pub struct TeamConfig {
     pub users: BTreeMap<String, User>,
     pub roles: BTreeMap<String, Role>,
+    /// When each user works, their absences and caps.
+    pub calendars: crate::assign::Calendars,
 }
 
 impl TeamConfig {
@@ -137,6 +142,8 @@ pub struct Rule {
     pub assign: Assignee,
     /// Overrides the role's own strategy for leads this rule assigns.
     pub strategy: Option<Strategy>,
+    /// Sticky owners and the after-hours target.
+    pub policy: crate::assign::Policy,
 }
 
 /// `routing.toml`, validated.
@@ -144,6 +151,8 @@ pub struct Rule {
 pub struct RoutingConfig {
     pub default: Option<Assignee>,
     pub rules: Vec<Rule>,
+    /// The policy of leads no rule matched (channel responsible, default).
+    pub policy: crate::assign::Policy,
 }
 
 /// What a rule can look at: the normalized lead.
@@ -178,6 +187,7 @@ pub struct Decision {
     pub target: Option<Assignee>,
     pub strategy: Option<Strategy>,
     pub assigned_by: AssignedBy,
+    pub policy: crate::assign::Policy,
 }
 
 impl RoutingConfig {
@@ -192,6 +202,7 @@ impl RoutingConfig {
                     target: Some(rule.assign.clone()),
                     strategy: rule.strategy,
                     assigned_by: AssignedBy::Rule(rule.name.clone()),
+                    policy: rule.policy.clone(),
                 };
             }
         }
@@ -204,6 +215,7 @@ impl RoutingConfig {
             target,
             strategy: None,
             assigned_by,
+            policy: self.policy.clone(),
         }
     }
 }
@@ -226,11 +238,13 @@ mod tests {
             when: when.into_iter().map(|(f, c)| (f.to_owned(), c)).collect(),
             assign: assign.parse().unwrap(),
             strategy: None,
+            policy: Default::default(),
         }
     }
 
     fn routing() -> RoutingConfig {
         RoutingConfig {
+            policy: Default::default(),
             default: Some("role:sales".parse().unwrap()),
             rules: vec![
                 rule(

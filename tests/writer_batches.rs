@@ -18,7 +18,7 @@ use leadgate_connector::{
     Batch, CallDirection, CallEvent, CallPhase, ChannelId, Dedupe, Flag, IdentityKind, Inbound,
     Receipt, Sink, fields,
 };
-use support::daemon::{TEAM, TestConfig};
+use support::daemon::TestConfig;
 use support::db::Db;
 
 const CHANNELS: &[(&str, &str)] = &[
@@ -40,6 +40,28 @@ const CHANNELS: &[(&str, &str)] = &[
     ),
 ];
 
+/// The shared test team plus the assignment features decided in the
+/// writer: a cap of open new leads, a permanent absence with a substitute,
+/// a weighted member (sticky owners apply to every returning contact).
+const TEAM: &str = r#"
+[users.olga]
+name = "Olga"
+max_open_leads = 9
+[users.ivan]
+name = "Ivan"
+absences = [{ from = "2000-01-01", to = "2099-12-31", substitute = "anna", reason = "test" }]
+[users.anna]
+name = "Anna"
+[users.pavel]
+name = "Pavel"
+max_open_leads = 2
+[roles.sales]
+members = ["olga", "ivan", "anna"]
+weights = { olga = 2 }
+[roles.kazan]
+members = ["pavel"]
+"#;
+
 const ROUTING: &str = r#"
 default = "role:sales"
 [[rules]]
@@ -51,6 +73,7 @@ strategy = "least_loaded"
 name = "kazan"
 when.region = "Казань"
 assign = "role:kazan"
+after_hours = "role:sales"
 "#;
 
 /// A small deterministic generator (no dependency, same stream everywhere).
@@ -289,6 +312,18 @@ async fn compare(db_url: impl Fn() -> Option<String>, exact_ids: bool) {
             leads > 40 && a[4].len() > 10 && a[5].len() > 5,
             "seed {seed}: the stream should make leads, activities and calls: {leads} leads"
         );
+        let notes: Vec<&str> = a[0].iter().flatten().map(String::as_str).collect();
+        for feature in [
+            "substitutes for ivan",
+            "at cap",
+            "|sticky_owner|",
+            "|after_hours|",
+        ] {
+            assert!(
+                notes.iter().any(|n| n.contains(feature)),
+                "seed {seed}: the stream should exercise {feature:?}"
+            );
+        }
         if exact_ids {
             assert_eq!(summary(&single), summary(&batched), "seed {seed}: receipts");
             for (i, (x, y)) in a.iter().zip(&b).enumerate() {

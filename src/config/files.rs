@@ -17,7 +17,9 @@ use super::{
     ChannelConfig, ChannelKind, ChannelProtocol, Config, ConfigError, HumanDuration, MainConfig,
     Problem,
 };
-use crate::routing::{Assignee, Condition, Role, RoutingConfig, Rule, Strategy, TeamConfig, User};
+use crate::assign::config::{CalendarFile, UserFile};
+use crate::assign::{AfterHours, Policy};
+use crate::routing::{Assignee, Condition, Role, RoutingConfig, Rule, Strategy, TeamConfig};
 
 pub const MAIN_FILE: &str = "leadgate.toml";
 pub const CHANNELS_DIR: &str = "channels.d";
@@ -259,9 +261,11 @@ pub fn phone_region(code: &str) -> Option<phonenumber::country::Id> {
 #[serde(deny_unknown_fields)]
 struct TeamFile {
     #[serde(default)]
-    users: BTreeMap<String, User>,
+    users: BTreeMap<String, Spanned<UserFile>>,
     #[serde(default)]
     roles: BTreeMap<String, Spanned<RoleFile>>,
+    /// Team time zone, default hours and holidays.
+    calendar: Option<CalendarFile>,
 }
 
 #[derive(Deserialize)]
@@ -270,6 +274,8 @@ struct RoleFile {
     members: Vec<String>,
     #[serde(default)]
     strategy: Strategy,
+    #[serde(default)]
+    weights: BTreeMap<String, u32>,
 }
 
 fn load_team(l: &mut Loader, path: &Path) -> TeamConfig {
@@ -301,17 +307,35 @@ fn load_team(l: &mut Loader, path: &Path) -> TeamConfig {
                 "a role needs at least one member",
             );
         }
+        for (member, weight) in &role.weights {
+            let field = format!("roles.{name}.weights.{member}");
+            if !role.members.contains(member) {
+                l.problem_at(&src, span.clone(), Some(&field), "not a member of the role");
+            } else if *weight == 0 {
+                l.problem_at(&src, span.clone(), Some(&field), "must be at least 1");
+            }
+        }
         roles.insert(
             name,
             Role {
                 members: role.members,
                 strategy: role.strategy,
+                weights: role.weights,
             },
         );
     }
+    let (users, calendars, issues) =
+        crate::assign::config::build(file.calendar.as_ref(), &file.users);
+    for issue in issues {
+        match issue.span {
+            Some(span) => l.problem_at(&src, span, Some(&issue.field), issue.message),
+            None => l.problem(&src.path, Some(&issue.field), issue.message),
+        }
+    }
     TeamConfig {
-        users: file.users,
+        users,
         roles,
+        calendars,
     }
 }
 
@@ -321,6 +345,14 @@ struct RoutingFile {
     default: Option<Spanned<String>>,
     #[serde(default)]
     rules: Vec<RuleFile>,
+    // Defaults of every rule's policy, and the policy of leads no rule
+    // matched.
+    /// Keep returning contacts with their previous owner (default true).
+    sticky: Option<bool>,
+    /// How far back the previous owner counts (default 180d).
+    sticky_window: Option<HumanDuration>,
+    /// `queue` (default), `user:<id>` or `role:<id>`.
+    after_hours: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -329,6 +361,9 @@ struct RuleFile {
     name: Spanned<String>,
     assign: Spanned<String>,
     strategy: Option<Strategy>,
+    sticky: Option<bool>,
+    sticky_window: Option<HumanDuration>,
+    after_hours: Option<Spanned<String>>,
     #[serde(default)]
     when: BTreeMap<String, Spanned<ConditionFile>>,
 }
@@ -391,6 +426,14 @@ fn load_routing(l: &mut Loader, path: &Path, team: &TeamConfig) -> RoutingConfig
     let default = file
         .default
         .and_then(|d| check_assignee(l, &src, d.span(), "default", d.get_ref(), team));
+    let base = policy(
+        l,
+        &src,
+        team,
+        &Policy::default(),
+        (file.sticky, file.sticky_window, file.after_hours.as_ref()),
+        "",
+    );
     let mut rules = Vec::new();
     let mut names = BTreeMap::new();
     for (i, rule) in file.rules.into_iter().enumerate() {
@@ -421,16 +464,71 @@ fn load_routing(l: &mut Loader, path: &Path, team: &TeamConfig) -> RoutingConfig
                 Err(e) => l.problem_at(&src, span, Some(&cond_field), e),
             }
         }
+        let policy = policy(
+            l,
+            &src,
+            team,
+            &base,
+            (rule.sticky, rule.sticky_window, rule.after_hours.as_ref()),
+            &format!("{field}."),
+        );
         if let Some(assign) = assign {
             rules.push(Rule {
                 name,
                 when,
                 assign,
                 strategy: rule.strategy,
+                policy,
             });
         }
     }
-    RoutingConfig { default, rules }
+    RoutingConfig {
+        default,
+        rules,
+        policy: base,
+    }
+}
+
+/// A rule's policy: its own settings over `base`.
+fn policy(
+    l: &mut Loader,
+    src: &Source,
+    team: &TeamConfig,
+    base: &Policy,
+    (sticky, window, after_hours): (
+        Option<bool>,
+        Option<HumanDuration>,
+        Option<&Spanned<String>>,
+    ),
+    field: &str,
+) -> Policy {
+    let mut p = base.clone();
+    if let Some(window) = window {
+        p.sticky_window = chrono::Duration::from_std(window.0).ok();
+    }
+    if sticky == Some(false) {
+        p.sticky_window = None;
+    } else if sticky == Some(true) && p.sticky_window.is_none() {
+        p.sticky_window = Policy::default().sticky_window;
+    }
+    if let Some(target) = after_hours {
+        let field = format!("{field}after_hours");
+        match target.get_ref().parse::<AfterHours>() {
+            Err(e) => l.problem_at(src, target.span(), Some(&field), e),
+            Ok(AfterHours::Queue) => p.after_hours = AfterHours::Queue,
+            Ok(_) => {
+                if let Some(a) =
+                    check_assignee(l, src, target.span(), &field, target.get_ref(), team)
+                {
+                    p.after_hours = match a {
+                        Assignee::User(u) => AfterHours::User(u),
+                        Assignee::Role(r) => AfterHours::Role(r),
+                    };
+                }
+            }
+        }
+    }
+    p
 }
 
 fn compile_condition(c: ConditionFile) -> Result<Condition, String> {

@@ -38,7 +38,8 @@ pub struct ChannelRules {
 pub struct PipelineSettings {
     pub channels: HashMap<String, ChannelRules>,
     pub routing: RoutingConfig,
-    pub team: TeamConfig,
+    /// Shared with every prepared item: the writer decides by it.
+    pub team: Arc<TeamConfig>,
     pub region: phonenumber::country::Id,
 }
 
@@ -64,7 +65,7 @@ impl PipelineSettings {
         PipelineSettings {
             channels,
             routing: config.routing.clone(),
-            team: config.team.clone(),
+            team: Arc::new(config.team.clone()),
             region: crate::config::phone_region(&config.main.pipeline.default_region)
                 .unwrap_or(phonenumber::country::Id::RU),
         }
@@ -102,6 +103,10 @@ pub struct Prepared {
     pub activity_since: DateTime<Utc>,
     pub route: Route,
     pub assigned_by: AssignedBy,
+    /// The matched rule's sticky-owner and after-hours options.
+    pub policy: crate::assign::Policy,
+    /// The team (calendars, caps, weights) the writer decides the person by.
+    pub team: Arc<TeamConfig>,
 }
 
 impl Prepared {
@@ -251,6 +256,8 @@ pub fn prepare(inbound: Inbound, settings: &PipelineSettings) -> Result<Prepared
         activity_since: since(rules.activity_window),
         route,
         assigned_by: decision.assigned_by,
+        policy: decision.policy,
+        team: settings.team.clone(),
         inbound,
     })
 }

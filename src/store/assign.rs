@@ -1,12 +1,20 @@
-//! The writer's side of assignment: resolves a [`Route`] to a person inside
-//! the commit transaction, with the state that decision reads (round-robin
-//! turns, open-lead counts) cached for the transaction: read once, kept in
+//! The writer's side of assignment: reads what a decision needs inside the
+//! commit transaction (round-robin turns, open-lead counts, the contact's
+//! previous owner), lets the pure [`crate::assign::decide`] choose, and
+//! writes what follows from the choice (a queued lead's release timer).
+//!
+//! Turns and counts are cached for the transaction: read once, kept in
 //! memory as leads are assigned, turns written back before commit.
 
 use std::collections::HashMap;
+use std::future::Future;
+
+use chrono::{DateTime, Utc};
+use sqlx::Row;
 
 use super::tx::Tx;
-use crate::pipeline::Route;
+use crate::assign::{Ask, Load, Outcome, decide, loads_needed};
+use crate::pipeline::{Prepared, Route};
 use crate::routing::Strategy;
 
 type R<T> = sqlx::Result<T>;
@@ -16,119 +24,265 @@ pub(super) struct Assignment {
     pub user: Option<String>,
     pub role: Option<String>,
     pub note: Option<String>,
+    /// Replaces the rule's `assigned_by` (`sticky_owner`, `after_hours`).
+    pub assigned_by: Option<&'static str>,
+    pub queued_until: Option<DateTime<Utc>>,
 }
 
-/// Round-robin turns and open-lead counts for the transaction: read once,
-/// kept in memory as leads are assigned, turns written back before commit.
+impl Assignment {
+    fn from_outcome(o: Outcome) -> Assignment {
+        Assignment {
+            assigned_by: o.assigned_by(),
+            queued_until: o.queued_until(),
+            user: o.user,
+            role: o.role,
+            note: Some(o.note).filter(|n| !n.is_empty()),
+        }
+    }
+}
+
+/// Timer kinds in `lead_timers`.
+pub(crate) const TIMER_ASSIGN: &str = "assign";
+
+/// The statements assignment runs, beside the writer's own.
+pub(crate) trait AssignTx: Send {
+    /// The assignee of the newest lead, created since `since`, of any
+    /// contact that has one of these identities.
+    fn previous_owner(
+        &mut self,
+        ids: &[(&str, &str)],
+        since: DateTime<Utc>,
+    ) -> impl Future<Output = R<Option<String>>> + Send;
+    /// `(user, new, open)` for those of `users` with open leads.
+    fn lead_loads(
+        &mut self,
+        users: &[&str],
+    ) -> impl Future<Output = R<Vec<(String, i64, i64)>>> + Send;
+    /// Arm (or re-arm) a lead's timer of `kind`.
+    fn set_timer(
+        &mut self,
+        lead: i64,
+        kind: &str,
+        due: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = R<()>> + Send;
+    fn set_queued(
+        &mut self,
+        lead: i64,
+        until: Option<DateTime<Utc>>,
+    ) -> impl Future<Output = R<()>> + Send;
+}
+
+macro_rules! impl_assign_tx {
+    ($conn:ty) => {
+        impl AssignTx for $conn {
+            async fn previous_owner(&mut self, ids: &[(&str, &str)], since: DateTime<Utc>) -> R<Option<String>> {
+                if ids.is_empty() {
+                    return Ok(None);
+                }
+                let pairs: Vec<String> = (0..ids.len())
+                    .map(|i| format!("(ci.kind = ${} AND ci.value = ${})", 2 * i + 2, 2 * i + 3))
+                    .collect();
+                let sql = format!(
+                    "SELECT l.assignee_user FROM leads l JOIN contact_identities ci ON ci.contact_id = l.contact_id \
+                     WHERE l.created_at >= $1 AND l.assignee_user IS NOT NULL AND ({}) \
+                     ORDER BY l.id DESC LIMIT 1",
+                    pairs.join(" OR ")
+                );
+                let mut q = sqlx::query_scalar(&sql).bind(since);
+                for (kind, value) in ids {
+                    q = q.bind(*kind).bind(*value);
+                }
+                q.fetch_optional(&mut *self).await
+            }
+
+            async fn lead_loads(&mut self, users: &[&str]) -> R<Vec<(String, i64, i64)>> {
+                if users.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let list: Vec<String> = (0..users.len()).map(|i| format!("${}", i + 1)).collect();
+                let sql = format!(
+                    "SELECT assignee_user, SUM(CASE WHEN status = 'new' THEN 1 ELSE 0 END), COUNT(*) FROM leads \
+                     WHERE assignee_user IN ({}) AND status IN ('new', 'in_progress') GROUP BY assignee_user",
+                    list.join(", ")
+                );
+                let mut q = sqlx::query(&sql);
+                for u in users {
+                    q = q.bind(*u);
+                }
+                q.fetch_all(&mut *self)
+                    .await?
+                    .iter()
+                    .map(|r| {
+                        Ok((
+                            r.try_get(0)?,
+                            r.try_get::<Option<i64>, _>(1)?.unwrap_or(0),
+                            r.try_get(2)?,
+                        ))
+                    })
+                    .collect()
+            }
+
+            async fn set_timer(&mut self, lead: i64, kind: &str, due: DateTime<Utc>, now: DateTime<Utc>) -> R<()> {
+                sqlx::query(
+                    "INSERT INTO lead_timers (lead_id, kind, due_at, created_at) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (lead_id, kind) DO UPDATE SET due_at = $3, fired_at = NULL, outcome = NULL",
+                )
+                .bind(lead)
+                .bind(kind)
+                .bind(due)
+                .bind(now)
+                .execute(&mut *self)
+                .await
+                .map(|_| ())
+            }
+
+            async fn set_queued(&mut self, lead: i64, until: Option<DateTime<Utc>>) -> R<()> {
+                sqlx::query("UPDATE leads SET queued_until = $2 WHERE id = $1")
+                    .bind(lead)
+                    .bind(until)
+                    .execute(&mut *self)
+                    .await
+                    .map(|_| ())
+            }
+        }
+    };
+}
+
+impl_assign_tx!(sqlx::SqliteConnection);
+impl_assign_tx!(sqlx::PgConnection);
+
+/// Round-robin turns and open-lead counts for the transaction.
 #[derive(Default)]
 pub(super) struct Assigner {
     /// pool → (counter, changed)
     turns: HashMap<String, (i64, bool)>,
-    loads: HashMap<String, i64>,
+    loads: HashMap<String, Load>,
     /// Leads assigned per user that are decided but not yet inserted, so
     /// a count read from the table meanwhile is completed.
     unflushed: HashMap<String, i64>,
+    /// Queued leads whose rows are not inserted yet: `(lead, until)`.
+    queued: Vec<(i64, Option<DateTime<Utc>>)>,
 }
 
 impl Assigner {
-    /// Resolve a route to a person; `deferred` when the lead is inserted
-    /// later with the pending rows.
+    /// Decide who gets `item`'s lead at `now`. `returning`: the sender may
+    /// have had leads before (false only for a contact this transaction
+    /// created with identities nobody had). `deferred`: the lead is
+    /// inserted later with the pending rows.
     pub(super) async fn assign<T: Tx>(
         &mut self,
         tx: &mut T,
-        route: &Route,
+        item: &Prepared,
+        now: DateTime<Utc>,
+        returning: bool,
         deferred: bool,
     ) -> R<Assignment> {
-        let assignment = match route {
-            Route::Nobody => Assignment {
-                user: None,
-                role: None,
-                note: Some("no rule, channel responsible or default matched".into()),
-            },
-            Route::User(u) => Assignment {
-                user: Some(u.clone()),
-                role: None,
-                note: None,
-            },
-            Route::Role { role, members, .. } if members.is_empty() => Assignment {
-                user: None,
-                role: Some(role.clone()),
-                note: Some(format!(
-                    "role {role} has no active members; assigned to the role"
-                )),
-            },
+        let route = &item.route;
+        let pool = match route {
             Route::Role {
                 role,
-                members,
                 strategy: Strategy::RoundRobin,
-            } => {
-                let pool = format!("role:{role}");
-                let turn = match self.turns.get_mut(&pool) {
-                    Some(t) => t,
-                    None => {
-                        let counter = tx.current_turn(&pool).await?;
-                        self.turns.entry(pool).or_insert((counter, false))
-                    }
-                };
-                turn.0 += 1;
-                turn.1 = true;
-                let turn = turn.0;
-                let pick = &members[((turn - 1).rem_euclid(members.len() as i64)) as usize];
-                Assignment {
-                    user: Some(pick.clone()),
-                    role: Some(role.clone()),
-                    note: Some(format!(
-                        "role {role}: round_robin turn {turn} of [{}]",
-                        members.join(", ")
-                    )),
-                }
-            }
-            Route::Role {
-                role,
                 members,
-                strategy: Strategy::LeastLoaded,
-            } => {
-                let mut best: Option<(&String, i64)> = None;
-                let mut loads = Vec::with_capacity(members.len());
-                for m in members {
-                    let n = self.load(tx, m).await?;
-                    loads.push(format!("{m}={n}"));
-                    if best.is_none_or(|(_, b)| n < b) {
-                        best = Some((m, n));
-                    }
-                }
-                Assignment {
-                    user: best.map(|(m, _)| m.clone()),
-                    role: Some(role.clone()),
-                    note: Some(format!(
-                        "role {role}: least_loaded open leads {}",
-                        loads.join(", ")
-                    )),
-                }
-            }
+            } if !members.is_empty() => Some(format!("role:{role}")),
+            _ => None,
         };
-        if let Some(user) = &assignment.user {
-            if let Some(n) = self.loads.get_mut(user) {
-                *n += 1;
+        let turn = match &pool {
+            None => 0,
+            Some(pool) => match self.turns.get(pool) {
+                Some(t) => t.0,
+                None => {
+                    let counter = tx.current_turn(pool).await?;
+                    self.turns.insert(pool.clone(), (counter, false));
+                    counter
+                }
+            },
+        };
+        let previous_owner = match (route, item.policy.sticky_window) {
+            (Route::Role { members, .. }, Some(window)) if returning && !members.is_empty() => {
+                let ids: Vec<(&str, &str)> = item
+                    .identities
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
+                tx.previous_owner(&ids, now - window).await?
+            }
+            _ => None,
+        };
+        let ask = Ask {
+            route,
+            policy: &item.policy,
+            previous_owner: previous_owner.as_deref(),
+            turn,
+            now,
+        };
+        if let Some(users) = loads_needed(&item.team, &ask) {
+            self.read_loads(tx, &users).await?;
+        }
+        let loads = &self.loads;
+        let outcome = decide(&item.team, &ask, &|u: &str| {
+            loads.get(u).copied().unwrap_or_default()
+        });
+        if let (Some(pool), Some(turn)) = (pool, outcome.turn) {
+            self.turns.insert(pool, (turn, true));
+        }
+        if let Some(user) = &outcome.user {
+            if let Some(load) = self.loads.get_mut(user) {
+                load.new += 1;
+                load.open += 1;
             }
             if deferred {
                 *self.unflushed.entry(user.clone()).or_default() += 1;
             }
         }
-        Ok(assignment)
+        Ok(Assignment::from_outcome(outcome))
     }
 
-    async fn load<T: Tx>(&mut self, tx: &mut T, user: &str) -> R<i64> {
-        if let Some(n) = self.loads.get(user) {
-            return Ok(*n);
+    async fn read_loads<T: Tx>(&mut self, tx: &mut T, users: &[String]) -> R<()> {
+        let mut missing: Vec<&str> = users
+            .iter()
+            .filter(|u| !self.loads.contains_key(*u))
+            .map(String::as_str)
+            .collect();
+        missing.sort_unstable();
+        missing.dedup();
+        if missing.is_empty() {
+            return Ok(());
         }
-        let n = tx.open_lead_count(user).await? + self.unflushed.get(user).copied().unwrap_or(0);
-        self.loads.insert(user.to_owned(), n);
-        Ok(n)
+        let mut found: HashMap<String, Load> = tx
+            .lead_loads(&missing)
+            .await?
+            .into_iter()
+            .map(|(u, new, open)| (u, Load { new, open }))
+            .collect();
+        for u in missing {
+            let mut load = found.remove(u).unwrap_or_default();
+            let pending = self.unflushed.get(u).copied().unwrap_or(0);
+            load.new += pending;
+            load.open += pending;
+            self.loads.insert(u.to_owned(), load);
+        }
+        Ok(())
     }
 
-    pub(super) fn flushed(&mut self) {
+    /// The lead of `assignment` now has an id.
+    pub(super) fn created(&mut self, lead: i64, assignment: &Assignment) {
+        if assignment.assigned_by == Some("after_hours") && assignment.user.is_none() {
+            self.queued.push((lead, assignment.queued_until));
+        }
+    }
+
+    /// The pending leads are inserted: write what follows from their
+    /// assignment.
+    pub(super) async fn flushed<T: Tx>(&mut self, tx: &mut T, now: DateTime<Utc>) -> R<()> {
         self.unflushed.clear();
+        for (lead, until) in self.queued.drain(..) {
+            tx.set_queued(lead, until).await?;
+            if let Some(until) = until {
+                tx.set_timer(lead, TIMER_ASSIGN, until, now).await?;
+            }
+        }
+        Ok(())
     }
 
     pub(super) async fn save<T: Tx>(&mut self, tx: &mut T) -> R<()> {

@@ -72,8 +72,13 @@ pub(super) async fn apply_all<T: Tx>(
                     true => Some(state.ids.take(tx, Table::Contacts, state.remaining).await?),
                     false => None,
                 };
-                let assignment = state.assigner.assign(tx, &item.route, true).await?;
+                // No identity of the sender is known: nobody owned them.
+                let assignment = state
+                    .assigner
+                    .assign(tx, item, state.now, false, true)
+                    .await?;
                 let lead = state.ids.take(tx, Table::Leads, state.remaining).await?;
+                state.assigner.created(lead, &assignment);
                 let id = state.ids.take(tx, Table::Inbound, state.remaining).await?;
                 let r = receipt(id, Disposition::LeadCreated, Some(lead));
                 state.known.learn(item, &r, contact);
@@ -351,7 +356,7 @@ impl Pending<'_> {
         self.contacts.clear();
         self.leads.clear();
         self.rows.clear();
-        state.assigner.flushed();
+        state.assigner.flushed(tx, now).await?;
         Ok(())
     }
 }

@@ -76,7 +76,7 @@ pub struct FoundInbound {
     pub received_at: DateTime<Utc>,
 }
 
-pub trait Tx: Send {
+pub trait Tx: Send + super::assign::AssignTx {
     /// `(id, lead_id)` of the inbound stored under this key.
     fn find_inbound(
         &mut self,
@@ -144,7 +144,6 @@ pub trait Tx: Send {
     /// A round-robin pool's counter (0 before its first turn).
     fn current_turn(&mut self, pool: &str) -> impl Future<Output = R<i64>> + Send;
     fn save_turn(&mut self, pool: &str, counter: i64) -> impl Future<Output = R<()>> + Send;
-    fn open_lead_count(&mut self, user: &str) -> impl Future<Output = R<i64>> + Send;
     /// `(id, lead)` rows with ids from [`Tx::allocate_ids`].
     fn insert_leads(&mut self, leads: &[(i64, NewLead<'_>)]) -> impl Future<Output = R<()>> + Send;
     /// `(id, row)` rows with ids from [`Tx::allocate_ids`].
@@ -461,15 +460,6 @@ macro_rules! impl_tx {
                 .execute(&mut *self)
                 .await
                 .map(|_| ())
-            }
-
-            async fn open_lead_count(&mut self, user: &str) -> R<i64> {
-                sqlx::query_scalar(
-                    "SELECT COUNT(*) FROM leads WHERE assignee_user = $1 AND status IN ('new', 'in_progress')",
-                )
-                .bind(user)
-                .fetch_one(&mut *self)
-                .await
             }
 
             async fn insert_leads(&mut self, leads: &[(i64, NewLead<'_>)]) -> R<()> {

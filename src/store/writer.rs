@@ -497,9 +497,18 @@ async fn create_lead<T: Tx>(
     contact: Option<i64>,
     state: &mut TxState,
 ) -> sqlx::Result<i64> {
-    let assignment = state.assigner.assign(tx, &item.route, false).await?;
-    let lead = new_lead(item, contact, &assignment, state.now);
-    state.insert_lead(tx, lead).await
+    let now = state.now;
+    let returning = contact.is_some();
+    let assignment = state
+        .assigner
+        .assign(tx, item, now, returning, false)
+        .await?;
+    let lead = state
+        .insert_lead(tx, new_lead(item, contact, &assignment, now))
+        .await?;
+    state.assigner.created(lead, &assignment);
+    state.assigner.flushed(tx, now).await?;
+    Ok(lead)
 }
 
 /// The `leads` row of a new lead.
@@ -537,7 +546,9 @@ pub(super) fn new_lead<'a>(
         fields: json!(custom),
         assignee_user: assignment.user.as_deref(),
         assignee_role: assignment.role.as_deref(),
-        assigned_by: item.assigned_by.to_string(),
+        assigned_by: assignment
+            .assigned_by
+            .map_or_else(|| item.assigned_by.to_string(), str::to_owned),
         routing_note: assignment.note.as_deref(),
     }
 }

@@ -1,0 +1,529 @@
+//! Assignment by the team calendar (issue #10): the pure decision as table
+//! tests with an injected clock, calendar validation by `leadgate check`,
+//! and sticky owners, substitutes and queued leads through the daemon.
+
+mod support;
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use leadgate::assign::{Ask, Load, Outcome, Picked, Policy, decide, loads_needed};
+use leadgate::config::{self, Config};
+use leadgate::pipeline::Route;
+use leadgate::routing::Strategy;
+use support::daemon::{TestConfig, cli};
+
+/// Five sellers in two shifts (Moscow days, a night shift across midnight
+/// in Yekaterinburg), one on vacation with a substitute, a head of sales.
+/// 2026-11-23 is a Monday.
+const TEAM: &str = r#"
+[calendar]
+time_zone = "Europe/Moscow"
+holidays = ["2026-12-31"]
+hours = { mon = "09:00-18:00", tue = "09:00-18:00", wed = "09:00-18:00", thu = "09:00-18:00", fri = "09:00-18:00" }
+
+[users.anna]
+name = "Anna"
+max_open_leads = 3
+[users.boris]
+name = "Boris"
+absences = [{ from = "2026-11-23", to = "2026-11-29", substitute = "anna", reason = "vacation" }]
+[users.vera]
+name = "Vera"
+absences = [{ from = "2026-11-25", to = "2026-11-25", substitute = "boris", reason = "sick" }]
+[users.gleb]
+name = "Gleb"
+time_zone = "Asia/Yekaterinburg"
+hours = { mon = "22:00-06:00", tue = "22:00-06:00", wed = "22:00-06:00", thu = "22:00-06:00", fri = "22:00-06:00" }
+[users.dan]
+name = "Dan"
+time_zone = "Asia/Yekaterinburg"
+hours = { mon = "22:00-06:00", tue = "22:00-06:00" }
+[users.head]
+name = "Head of sales"
+hours = { mon = "00:00-24:00", tue = "00:00-24:00", wed = "00:00-24:00", thu = "00:00-24:00", fri = "00:00-24:00", sat = "00:00-24:00", sun = "00:00-24:00" }
+
+[roles.day]
+members = ["anna", "boris", "vera"]
+weights = { vera = 2 }
+[roles.night]
+members = ["gleb", "dan"]
+strategy = "least_loaded"
+[roles.all]
+members = ["anna", "boris", "vera", "gleb", "dan"]
+[roles.heads]
+members = ["head"]
+"#;
+
+const ROUTING: &str = r#"
+default = "role:all"
+[[rules]]
+name = "day"
+when.product = "day"
+assign = "role:day"
+[[rules]]
+name = "day-heads"
+when.product = "day-heads"
+assign = "role:day"
+after_hours = "role:heads"
+[[rules]]
+name = "day-boss"
+when.product = "day-boss"
+assign = "role:day"
+after_hours = "user:head"
+sticky = false
+[[rules]]
+name = "vera"
+when.product = "vera"
+assign = "user:vera"
+"#;
+
+fn load() -> (tempfile::TempDir, Config) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("leadgate.toml"), "").unwrap();
+    std::fs::write(dir.path().join("team.toml"), TEAM).unwrap();
+    std::fs::write(dir.path().join("routing.toml"), ROUTING).unwrap();
+    let config = config::load(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+    (dir, config)
+}
+
+fn at(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+}
+
+fn role(config: &Config, name: &str) -> Route {
+    let members = config
+        .team
+        .active_members(name)
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    Route::Role {
+        role: name.into(),
+        members,
+        strategy: config.team.roles[name].strategy,
+    }
+}
+
+fn policy(config: &Config, rule: &str) -> Policy {
+    config
+        .routing
+        .rules
+        .iter()
+        .find(|r| r.name == rule)
+        .map(|r| r.policy.clone())
+        .unwrap_or_else(|| config.routing.policy.clone())
+}
+
+struct Case {
+    what: &'static str,
+    now: &'static str,
+    route: &'static str,
+    rule: &'static str,
+    owner: Option<&'static str>,
+    turn: i64,
+    loads: &'static [(&'static str, i64)],
+    user: Option<&'static str>,
+    picked: Picked,
+    skipped: &'static [&'static str],
+}
+
+fn run(config: &Config, c: &Case) -> Outcome {
+    let route = match c.route.split_once(':') {
+        Some(("role", r)) => role(config, r),
+        Some(("user", u)) => Route::User(u.into()),
+        _ => Route::Nobody,
+    };
+    let policy = policy(config, c.rule);
+    let ask = Ask {
+        route: &route,
+        policy: &policy,
+        previous_owner: c.owner,
+        turn: c.turn,
+        now: at(c.now),
+    };
+    let loads: HashMap<&str, i64> = c.loads.iter().copied().collect();
+    let needed = loads_needed(&config.team, &ask);
+    decide(&config.team, &ask, &|u: &str| {
+        assert!(
+            needed.as_ref().is_some_and(|n| n.iter().any(|x| x == u)),
+            "{}: read {u}'s load without asking for it",
+            c.what
+        );
+        let n = loads.get(u).copied().unwrap_or(0);
+        Load { new: n, open: n }
+    })
+}
+
+#[test]
+fn decisions_follow_shifts_absences_substitutes_caps_and_weights() {
+    let (_dir, config) = load();
+    use Picked::*;
+    let cases = [
+        Case {
+            what: "Monday 10:00 MSK: weighted turn 0 is anna; boris's turn goes to his substitute",
+            now: "2026-11-23T07:00:00Z",
+            route: "role:day",
+            rule: "day",
+            owner: None,
+            turn: 0,
+            loads: &[],
+            user: Some("anna"),
+            picked: Strategy,
+            skipped: &[],
+        },
+        Case {
+            what: "turn 1 is boris (vacation) → substitute anna",
+            now: "2026-11-23T07:00:00Z",
+            route: "role:day",
+            rule: "day",
+            owner: None,
+            turn: 1,
+            loads: &[],
+            user: Some("anna"),
+            picked: Substitute {
+                replaces: "boris".into(),
+            },
+            skipped: &["boris"],
+        },
+        Case {
+            what: "turn 2 is vera (weight 2: cycle anna, boris, vera, vera)",
+            now: "2026-11-23T07:00:00Z",
+            route: "role:day",
+            rule: "day",
+            owner: None,
+            turn: 2,
+            loads: &[],
+            user: Some("vera"),
+            picked: Strategy,
+            skipped: &[],
+        },
+        Case {
+            what: "turn 3 is vera again",
+            now: "2026-11-23T07:00:00Z",
+            route: "role:day",
+            rule: "day",
+            owner: None,
+            turn: 3,
+            loads: &[],
+            user: Some("vera"),
+            picked: Strategy,
+            skipped: &[],
+        },
+        Case {
+            what: "boris's substitute anna at her cap → next on shift: vera",
+            now: "2026-11-23T07:00:00Z",
+            route: "role:day",
+            rule: "day",
+            owner: None,
+            turn: 1,
+            loads: &[("anna", 3)],
+            user: Some("vera"),
+            picked: NextOnShift,
+            skipped: &["boris", "anna"],
+        },
+        Case {
+            what: "Wednesday: vera sick, her substitute boris on vacation, his substitute anna",
+            now: "2026-11-25T07:00:00Z",
+            route: "role:day",
+            rule: "day",
+            owner: None,
+            turn: 2,
+            loads: &[],
+            user: Some("anna"),
+            picked: Substitute {
+                replaces: "vera".into(),
+            },
+            skipped: &["vera", "boris"],
+        },
+        Case {
+            what: "sticky owner vera absent (sick) → her chain of substitutes",
+            now: "2026-11-25T07:00:00Z",
+            route: "role:day",
+            rule: "day",
+            owner: Some("vera"),
+            turn: 0,
+            loads: &[],
+            user: Some("anna"),
+            picked: Substitute {
+                replaces: "vera".into(),
+            },
+            skipped: &["vera", "boris"],
+        },
+        Case {
+            what: "sticky owner on shift keeps the contact, whatever the turn",
+            now: "2026-11-23T07:00:00Z",
+            route: "role:day",
+            rule: "day",
+            owner: Some("vera"),
+            turn: 0,
+            loads: &[],
+            user: Some("vera"),
+            picked: StickyOwner,
+            skipped: &[],
+        },
+        Case {
+            what: "sticky owner outside the chosen role is not used",
+            now: "2026-11-23T07:00:00Z",
+            route: "role:day",
+            rule: "day",
+            owner: Some("gleb"),
+            turn: 0,
+            loads: &[],
+            user: Some("anna"),
+            picked: Strategy,
+            skipped: &["gleb"],
+        },
+        Case {
+            what: "a rule with sticky = false ignores the owner",
+            now: "2026-11-23T07:00:00Z",
+            route: "role:day",
+            rule: "day-boss",
+            owner: Some("vera"),
+            turn: 0,
+            loads: &[],
+            user: Some("anna"),
+            picked: Strategy,
+            skipped: &[],
+        },
+        Case {
+            what: "Monday 22:30 MSK: day shift gone → queued until Tuesday 09:00 MSK",
+            now: "2026-11-23T19:30:00Z",
+            route: "role:day",
+            rule: "day",
+            owner: None,
+            turn: 0,
+            loads: &[],
+            user: None,
+            picked: Queued {
+                until: Some(at("2026-11-24T06:00:00Z")),
+            },
+            skipped: &["anna", "boris", "vera"],
+        },
+        Case {
+            what: "nobody on shift, after_hours = role:heads → the head (on shift 24/7)",
+            now: "2026-11-23T19:30:00Z",
+            route: "role:day",
+            rule: "day-heads",
+            owner: None,
+            turn: 0,
+            loads: &[],
+            user: Some("head"),
+            picked: AfterHoursRole,
+            skipped: &["anna", "boris", "vera"],
+        },
+        Case {
+            what: "nobody on shift, after_hours = user:head",
+            now: "2026-11-23T19:30:00Z",
+            route: "role:day",
+            rule: "day-boss",
+            owner: None,
+            turn: 0,
+            loads: &[],
+            user: Some("head"),
+            picked: AfterHoursUser,
+            skipped: &["anna", "boris", "vera"],
+        },
+        Case {
+            what: "night shift across midnight in Yekaterinburg: Tue 01:00 local (Mon 20:00 UTC)",
+            now: "2026-11-23T20:00:00Z",
+            route: "role:night",
+            rule: "",
+            owner: None,
+            turn: 0,
+            loads: &[("gleb", 4), ("dan", 1)],
+            user: Some("dan"),
+            picked: Strategy,
+            skipped: &[],
+        },
+        Case {
+            what: "Wed 23:00 in Yekaterinburg: dan works only Monday and Tuesday nights → gleb",
+            now: "2026-11-25T18:00:00Z",
+            route: "role:night",
+            rule: "",
+            owner: None,
+            turn: 0,
+            loads: &[("gleb", 4), ("dan", 1)],
+            user: Some("gleb"),
+            picked: NextOnShift,
+            skipped: &["dan"],
+        },
+        Case {
+            what: "a direct user off shift with no after-hours target: queued for her next shift",
+            now: "2026-11-28T10:00:00Z",
+            route: "user:vera",
+            rule: "vera",
+            owner: None,
+            turn: 0,
+            loads: &[],
+            user: None,
+            picked: Queued {
+                until: Some(at("2026-11-30T06:00:00Z")),
+            },
+            skipped: &["vera"],
+        },
+        Case {
+            what: "anna at her cap, boris's substitute is anna → vera",
+            now: "2026-11-23T07:00:00Z",
+            route: "role:day",
+            rule: "day",
+            owner: None,
+            turn: 0,
+            loads: &[("anna", 3)],
+            user: Some("vera"),
+            picked: NextOnShift,
+            skipped: &["anna", "boris"],
+        },
+        Case {
+            what: "holiday: nobody works on New Year's Eve",
+            now: "2026-12-31T07:00:00Z",
+            route: "role:day",
+            rule: "day",
+            owner: None,
+            turn: 0,
+            loads: &[],
+            user: None,
+            picked: Queued {
+                until: Some(at("2027-01-01T06:00:00Z")),
+            },
+            skipped: &["anna", "boris", "vera"],
+        },
+    ];
+    for c in &cases {
+        let o = run(&config, c);
+        assert_eq!(o.user.as_deref(), c.user, "{}: {}", c.what, o.note);
+        assert_eq!(o.picked, c.picked, "{}: {}", c.what, o.note);
+        let skipped: Vec<&str> = o.skipped.iter().map(|(u, _)| u.as_str()).collect();
+        assert_eq!(skipped, c.skipped, "{}: {}", c.what, o.note);
+    }
+}
+
+#[test]
+fn weighted_round_robin_gives_a_senior_two_of_every_three() {
+    let (_dir, mut config) = load();
+    // Tuesday 2026-12-01: nobody absent. Only anna and vera (weight 2).
+    config
+        .team
+        .roles
+        .get_mut("day")
+        .unwrap()
+        .members
+        .retain(|m| m != "boris");
+    let route = role(&config, "day");
+    let policy = Policy::default();
+    let mut turn = 0;
+    let mut got = Vec::new();
+    for _ in 0..6 {
+        let ask = Ask {
+            route: &route,
+            policy: &policy,
+            previous_owner: None,
+            turn,
+            now: at("2026-12-01T07:00:00Z"),
+        };
+        let o = decide(&config.team, &ask, &|_: &str| Load::default());
+        turn = o.turn.unwrap();
+        got.push(o.user.unwrap());
+    }
+    assert_eq!(got, ["anna", "vera", "vera", "anna", "vera", "vera"]);
+}
+
+#[test]
+fn round_robin_turn_moves_past_skipped_members() {
+    let (_dir, config) = load();
+    let route = role(&config, "day");
+    let policy = Policy::default();
+    // Wednesday: vera sick (→ boris on vacation → anna).
+    let ask = Ask {
+        route: &route,
+        policy: &policy,
+        previous_owner: None,
+        turn: 2,
+        now: at("2026-11-25T07:00:00Z"),
+    };
+    let o = decide(&config.team, &ask, &|_: &str| Load::default());
+    assert_eq!(o.turn, Some(3), "{}", o.note);
+    assert!(
+        o.note
+            .contains("round_robin turn 3 of [anna, boris, vera×2]"),
+        "{}",
+        o.note
+    );
+    assert!(
+        o.note
+            .contains("vera absent (sick 2026-11-25..2026-11-25), substitute boris"),
+        "{}",
+        o.note
+    );
+    assert!(o.note.contains("anna substitutes for vera"), "{}", o.note);
+    // Everyone at rest, no strategy counts needed.
+    assert!(loads_needed(&config.team, &ask).is_some(), "anna has a cap");
+    let night = role(&config, "night");
+    let ask = Ask {
+        route: &night,
+        policy: &policy,
+        previous_owner: None,
+        turn: 0,
+        now: at("2026-11-25T07:00:00Z"),
+    };
+    assert_eq!(
+        loads_needed(&config.team, &ask),
+        Some(vec!["gleb".to_owned(), "dan".to_owned()])
+    );
+    let _ = Strategy::RoundRobin;
+}
+
+/// `leadgate check` on a calendar with every kind of mistake.
+#[test]
+fn check_reports_calendar_mistakes_with_file_and_line() {
+    let cfg = TestConfig::new(
+        None,
+        &[],
+        r#"
+[calendar]
+time_zone = "Mars/Olympus"
+holidays = ["2026-13-01"]
+[users.a]
+hours = { mon = "9-18", funday = "10:00-11:00" }
+absences = [
+  { from = "2026-07-01", to = "2026-07-14", substitute = "b" },
+  { from = "2026-07-10", to = "2026-07-20" },
+]
+[users.b]
+absences = [{ from = "2026-07-05", to = "2026-07-06", substitute = "a" }]
+[users.c]
+time_zone = "Europe/Nowhere"
+max_open_leads = 0
+absences = [{ from = "2026-08-02", to = "2026-08-01", substitute = "zed" }, { from = "2026-09-01", to = "2026-09-01", substitute = "c" }, { from = "2026-10-01", to = "2026-10-02", substitute = "zed" }]
+[roles.r]
+members = ["a", "b"]
+weights = { c = 2 }
+"#,
+        "default = \"role:r\"\nafter_hours = \"desk\"\n",
+    );
+    let (code, _out, err) = cli(cfg.path(), &["check"]);
+    assert_ne!(code, 0, "{err}");
+    let expect = [
+        "team.toml:3:13: calendar.time_zone: \"Mars/Olympus\" is not an IANA time zone",
+        "team.toml:4:13: calendar.holidays: \"2026-13-01\" is not a date",
+        "team.toml:6:17: users.a.hours.mon: \"9-18\" is not a shift",
+        "team.toml:6:9: users.a.hours.funday: unknown weekday",
+        "team.toml:9:3: users.a.absences[1]: overlaps the absence 2026-07-01..2026-07-14",
+        "users.a.absences[0].substitute: substitutes loop from 2026-07-05 to 2026-07-06: a → b → a",
+        "team.toml:14:13: users.c.time_zone: \"Europe/Nowhere\" is not an IANA time zone",
+        "team.toml:15:18: users.c.max_open_leads: must be at least 1",
+        "users.c.absences[0]: `from` 2026-08-02 is after `to` 2026-08-01",
+        "users.c.absences[1].substitute: a user cannot substitute for themselves",
+        "users.c.absences[2].substitute: unknown user \"zed\"",
+        "team.toml:8:3: users.a.absences[0].substitute: substitutes loop",
+        "roles.r.weights.c: not a member of the role",
+        "routing.toml:2:15: after_hours: \"desk\" is not an after-hours target",
+    ];
+    for e in expect {
+        assert!(err.contains(e), "missing {e:?} in:\n{err}");
+    }
+    assert!(
+        !err.contains("c → c"),
+        "self-substitution is reported once:\n{err}"
+    );
+}
