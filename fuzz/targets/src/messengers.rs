@@ -53,17 +53,16 @@ pub fn telegram(data: &[u8]) -> Verdict {
     };
     let channel = ChannelId(channel_of(ChannelKind::Telegram).into());
     let policy = ChatPolicy::default();
-    let mut verdict = Verdict::Refused;
     for update in items(&value, "result") {
         let raw = update.to_string();
         let parsed = parse_update(&channel, policy, update, raw.clone(), now());
         assert_eq!(parsed.inbound.raw, raw, "raw is not the update as received");
         assert_bounded(&parsed.inbound, raw.len());
-        if prepare_checked(parsed.inbound) == Verdict::Accepted {
-            verdict = Verdict::Accepted;
-        }
+        prepare_checked(parsed.inbound);
     }
-    verdict
+    // Past the JSON decoding the parser always makes an item (an unreadable
+    // update is recorded as invalid): every JSON input reached it.
+    Verdict::Accepted
 }
 
 fn vk_channel() -> &'static VkChannel {
@@ -87,14 +86,11 @@ pub fn vk(data: &[u8]) -> Verdict {
     let Ok(value) = serde_json::from_slice::<Value>(data) else {
         return Verdict::Refused;
     };
-    let mut verdict = Verdict::Refused;
     for event in items(&value, "updates") {
         let raw = event.to_string();
         let parsed = parse_event(vk_channel(), event, raw.clone(), now());
         assert_bounded(&parsed.inbound, raw.len());
-        if prepare_checked(parsed.inbound) == Verdict::Accepted {
-            verdict = Verdict::Accepted;
-        }
+        prepare_checked(parsed.inbound);
     }
-    verdict
+    Verdict::Accepted
 }
