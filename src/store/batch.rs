@@ -193,11 +193,11 @@ impl Known {
         let since = items.iter().map(|i| i.dedupe_since).min();
         if let Some(since) = since.filter(|_| !contents.is_empty()) {
             for f in tx.find_contents(&contents, since).await? {
-                known
-                    .contents
-                    .entry((f.channel, f.key))
-                    .or_default()
-                    .push((f.id, f.lead, f.received_at));
+                known.contents.entry((f.channel, f.key)).or_default().push((
+                    f.id,
+                    f.lead,
+                    f.received_at,
+                ));
             }
         }
         let identities: Vec<(&str, &str)> = items
