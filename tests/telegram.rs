@@ -853,3 +853,29 @@ async fn check_online_names_a_refused_token() {
     assert!(!err.contains(TOKEN) && !out.contains(TOKEN));
     assert!(other.calls("getUpdates").is_empty(), "only getMe is asked");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn check_names_the_file_and_field_of_a_bad_telegram_channel() {
+    let api = FakeBotApi::start().await;
+    let cfg = config(None, &api, "webhook", "");
+    let bad = channel_file(&api, "webhook", "")
+        .replace(SECRET, "not a valid secret!")
+        .replace("token_file", "token = \"oops\"\n# token_file");
+    cfg.write("channels.d/shop.toml", &bad);
+    cfg.write(
+        "channels.d/site.toml",
+        "kind = \"form\"\n[telegram]\ntoken = \"1:a\"\n",
+    );
+    let dir = cfg.path().to_owned();
+    let (code, out, err) =
+        tokio::task::spawn_blocking(move || support::daemon::cli(&dir, &["check"]))
+            .await
+            .unwrap();
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(err.contains("shop.toml: telegram: `token`"), "{err}");
+    assert!(!err.contains("oops"), "a secret is never echoed: {err}");
+    assert!(
+        err.contains("site.toml: telegram: a [telegram] table belongs to kind = \"telegram\""),
+        "{err}"
+    );
+}

@@ -129,8 +129,7 @@ fn obj<'a>(v: &'a Value, path: &str) -> Result<&'a Map<String, Value>, String> {
 }
 
 fn req<'a>(o: &'a Map<String, Value>, key: &str, path: &str) -> Result<&'a Value, String> {
-    o.get(key)
-        .ok_or_else(|| format!("missing {path}.{key}").replace("missing .", "missing "))
+    o.get(key).ok_or_else(|| format!("missing {path}.{key}"))
 }
 
 fn int(o: &Map<String, Value>, key: &str, path: &str) -> Result<i64, String> {
