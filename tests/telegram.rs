@@ -879,3 +879,49 @@ async fn check_names_the_file_and_field_of_a_bad_telegram_channel() {
         "{err}"
     );
 }
+
+/// Switching a bot between modes by reload: webhook mode registers the
+/// webhook; going back to polling deletes it and polls again.
+#[tokio::test(flavor = "multi_thread")]
+async fn reload_switches_between_polling_and_webhook() {
+    let api = FakeBotApi::start().await;
+    let cfg = config(None, &api, "polling", "");
+    let daemon = Daemon::start(&cfg);
+    let db = Db::open(&cfg.db_url).await;
+    api.push(synthetic(1));
+    api.wait_for("the polled update", Duration::from_secs(10), |a| {
+        a.pending() == 0
+    })
+    .await;
+
+    cfg.write(
+        &format!("channels.d/{CHANNEL}.toml"),
+        &channel_file(&api, "webhook", ""),
+    );
+    daemon.signal(libc::SIGHUP);
+    api.wait_for("setWebhook", Duration::from_secs(10), |a| {
+        a.webhook().is_some()
+    })
+    .await;
+    let (status, text) = post(&cfg, synthetic(2).to_string(), Some(SECRET)).await;
+    assert_eq!(status, 200, "{text}");
+
+    cfg.write(
+        &format!("channels.d/{CHANNEL}.toml"),
+        &channel_file(&api, "polling", ""),
+    );
+    daemon.signal(libc::SIGHUP);
+    api.wait_for("deleteWebhook", Duration::from_secs(10), |a| {
+        a.webhook().is_none()
+    })
+    .await;
+    api.push(synthetic(3));
+    api.wait_for("polling again", Duration::from_secs(10), |a| {
+        a.pending() == 0
+    })
+    .await;
+    let (status, _) = post(&cfg, synthetic(4).to_string(), Some(SECRET)).await;
+    assert_eq!(status, 404, "a polling bot takes no webhook deliveries");
+    assert_each_once(&db, 3).await;
+    db.close().await;
+}
