@@ -925,3 +925,36 @@ async fn reload_switches_between_polling_and_webhook() {
     assert_each_once(&db, 3).await;
     db.close().await;
 }
+
+/// The Bot API unreachable at first: the poller backs off and reconnects,
+/// and nothing queued meanwhile is lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_api_is_retried_with_backoff() {
+    let port = support::free_port();
+    let elsewhere = FakeBotApi::start().await;
+    let cfg = config(None, &elsewhere, "polling", "");
+    cfg.write(
+        &format!("channels.d/{CHANNEL}.toml"),
+        &channel_file(&elsewhere, "polling", "")
+            .replace(&elsewhere.url(), &format!("http://127.0.0.1:{port}/")),
+    );
+    let daemon = Daemon::start(&cfg);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let db = Db::open(&cfg.db_url).await;
+    assert!(
+        last_error(&db).await.contains("network"),
+        "the failure is recorded: {:?}",
+        last_error(&db).await
+    );
+    let api = FakeBotApi::start_on(port, TOKEN).await;
+    api.push(synthetic(1));
+    api.wait_for(
+        "the update after reconnecting",
+        Duration::from_secs(20),
+        |a| a.pending() == 0,
+    )
+    .await;
+    assert_each_once(&db, 1).await;
+    assert!(daemon.log_text().contains("reconnecting"));
+    db.close().await;
+}

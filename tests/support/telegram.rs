@@ -74,7 +74,14 @@ impl FakeBotApi {
 
     /// A server that accepts only `token`.
     pub async fn start_with_token(token: &str) -> FakeBotApi {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        FakeBotApi::start_on(0, token).await
+    }
+
+    /// A server on `port` (0: any free one).
+    pub async fn start_on(port: u16, token: &str) -> FakeBotApi {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
         let port = listener.local_addr().unwrap().port();
         let api = FakeBotApi {
             inner: Arc::default(),
