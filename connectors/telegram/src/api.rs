@@ -132,9 +132,21 @@ pub(crate) fn failure(e: RequestError, method: &str, token: &str) -> Failure {
                 "{method}: 409 Conflict: another program polls this bot with getUpdates; only one consumer per bot token may run (stop the other one)"
             )))
         }
+        RequestError::Api(
+            e @ (ApiError::WebhookRequireHttps
+            | ApiError::BadWebhookPort
+            | ApiError::UnknownHost
+            | ApiError::CantParseUrl),
+        ) => stop(ConnectorError::Config(format!(
+            "{method}: Telegram refused `webhook_url`: {e}"
+        ))),
         RequestError::Api(ApiError::Unknown(description)) => {
             let description = redact(&description, token);
-            if description.starts_with("Conflict") {
+            if description.starts_with("Bad Request: bad webhook") {
+                stop(ConnectorError::Config(format!(
+                    "{method}: Telegram refused `webhook_url`: {description}"
+                )))
+            } else if description.starts_with("Conflict") {
                 if description.contains("webhook") {
                     Failure::WebhookActive
                 } else {
@@ -216,5 +228,16 @@ mod tests {
             panic!("unknown errors stop the session")
         };
         assert!(e.is_transient() && !e.to_string().contains("secret"), "{e}");
+        let Failure::Stop(e) = failure(
+            RequestError::Api(ApiError::WebhookRequireHttps),
+            "setWebhook",
+            token,
+        ) else {
+            panic!("a refused webhook URL stops the session")
+        };
+        assert!(
+            e.is_permanent() && e.to_string().contains("webhook_url"),
+            "{e}"
+        );
     }
 }
