@@ -446,6 +446,11 @@ fn read_media(inbound: &mut Inbound, m: &Map<String, Value>, key: &str) -> Resul
     let mut files = Vec::new();
     for (kind, default_type) in MEDIA {
         let Some(v) = m.get(kind) else { continue };
+        // Telegram repeats an animation as `document` for old clients: one
+        // file, one attachment.
+        if kind == "document" && m.contains_key("animation") {
+            continue;
+        }
         let path = format!("{key}.{kind}");
         // A photo comes in several sizes, largest last: keep the largest.
         let file = match v {
@@ -735,6 +740,27 @@ mod tests {
     fn pointer_mut<'a>(v: &'a mut Value, path: &[String]) -> Option<&'a mut Value> {
         let pointer: String = path.iter().map(|p| format!("/{p}")).collect();
         v.pointer_mut(&pointer)
+    }
+
+    #[test]
+    fn media_are_metadata_with_file_ids() {
+        let p = parse(private(
+            7,
+            json!({"caption": "gif", "animation": {"file_id": "A1", "file_size": 5, "mime_type": "video/mp4"},
+                   "document": {"file_id": "A1", "file_name": "x.gif.mp4"},
+                   "video_note": {"file_id": "V1", "file_size": 7}}),
+        ));
+        assert_eq!(
+            p.inbound.attachments.len(),
+            2,
+            "{:?}",
+            p.inbound.attachments
+        );
+        assert_eq!(
+            p.inbound.field(tf::FILES),
+            Some("video_note V1\nanimation A1")
+        );
+        assert_eq!(p.inbound.text.as_deref(), Some("gif"));
     }
 
     #[test]
