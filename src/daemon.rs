@@ -139,6 +139,20 @@ pub async fn run(config_dir: &Path, config: Config) -> anyhow::Result<()> {
         shutdown.clone(),
     ));
     pollers.apply(&config).await;
+    // Lead timers (queue releases, response deadlines) fire on the one
+    // instance holding the `timers` lease.
+    let timers = tokio::spawn({
+        let (store, pipeline) = (store.clone(), pipeline.clone());
+        let keeper = store::LeaseKeeper {
+            store: store.clone(),
+            name: "timers".into(),
+            owner: crate::pollers::instance_name(&config),
+            ttl: config.main.instance.lease_ttl.0,
+        };
+        keeper.run(shutdown.clone(), move |held| {
+            tokio::spawn(store::sweep_timers(store.clone(), pipeline.clone(), held));
+        })
+    });
     let notifier = Arc::new(crate::systemd::Notifier::from_env());
     let channels_running = config.channels.iter().filter(|c| c.enabled).count();
     notifier.notify(&format!(
@@ -198,6 +212,7 @@ pub async fn run(config_dir: &Path, config: Config) -> anyhow::Result<()> {
     pollers.stop_all().await;
     notifier.notify("STOPPING=1\nSTATUS=stopping: finishing requests in flight");
     shutdown.cancel();
+    timers.await.ok();
     match server.await {
         Ok(Err(e)) => tracing::error!(error = %e, "HTTP server stopped with an error"),
         Err(e) => tracing::error!(error = %e, "HTTP server task failed"),

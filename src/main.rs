@@ -331,8 +331,42 @@ async fn explain(config: &Config, inbound_id: i64) -> anyhow::Result<()> {
             };
             println!("  assigned to: {who}");
             println!("  assigned by: {}", lead.assigned_by);
-            if let Some(note) = &lead.routing_note {
-                println!("  routing:     {note}");
+            // The whole decision, one step a line: rule and pool, who was
+            // skipped and why, substitutes, after hours, escalations.
+            for (i, step) in lead
+                .routing_note
+                .iter()
+                .flat_map(|n| n.split("; "))
+                .enumerate()
+            {
+                let label = if i == 0 { "routing:" } else { "" };
+                println!("  {label:<12} {step}");
+            }
+            let t = store.lead_timeline(lead.id).await?;
+            if let Some(at) = t.queued_until {
+                println!(
+                    "  queued:      until {}",
+                    at.format("%Y-%m-%d %H:%M:%S UTC")
+                );
+            }
+            if let Some(at) = t.respond_by {
+                println!("  respond by:  {}", at.format("%Y-%m-%d %H:%M:%S UTC"));
+            }
+            if t.overdue || t.escalation.is_some() {
+                let level = t.escalation.as_deref().unwrap_or("-");
+                println!("  overdue:     {} (escalation: {level})", t.overdue);
+            }
+            for timer in &t.timers {
+                let (kind, due) = (&timer.kind, timer.due);
+                let state = match (&timer.fired, &timer.outcome) {
+                    (Some(at), Some(o)) => format!("fired {}: {o}", at.format("%H:%M:%S")),
+                    (Some(at), None) => format!("fired {}", at.format("%H:%M:%S")),
+                    (None, _) => "pending".into(),
+                };
+                println!(
+                    "  timer:       {kind} due {} ({state})",
+                    due.format("%Y-%m-%d %H:%M:%S UTC")
+                );
             }
         }
     }

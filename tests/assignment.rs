@@ -5,13 +5,15 @@
 mod support;
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use leadgate::assign::{Ask, Load, Outcome, Picked, Policy, decide, loads_needed};
 use leadgate::config::{self, Config};
 use leadgate::pipeline::Route;
 use leadgate::routing::Strategy;
-use support::daemon::{TestConfig, cli};
+use support::daemon::{Daemon, TestConfig, cli};
+use support::db::Db;
 
 /// Five sellers in two shifts (Moscow days, a night shift across midnight
 /// in Yekaterinburg), one on vacation with a substitute, a head of sales.
@@ -473,6 +475,28 @@ fn round_robin_turn_moves_past_skipped_members() {
     let _ = Strategy::RoundRobin;
 }
 
+#[test]
+fn deadlines_count_working_time_in_the_holders_calendar() {
+    let (_dir, config) = load();
+    use leadgate::assign::sla::deadline;
+    let two = chrono::Duration::minutes(2);
+    // Friday 17:59 MSK + 2 working minutes = Monday 09:01 MSK.
+    assert_eq!(
+        deadline(&config.team, Some("anna"), at("2026-11-27T14:59:00Z"), two),
+        Some(at("2026-11-30T06:01:00Z"))
+    );
+    // Gleb's night shift runs past midnight: Tue 05:59 local + 2m = Tue 22:01.
+    assert_eq!(
+        deadline(&config.team, Some("gleb"), at("2026-11-24T00:59:00Z"), two),
+        Some(at("2026-11-24T17:01:00Z"))
+    );
+    // The head works around the clock.
+    assert_eq!(
+        deadline(&config.team, Some("head"), at("2026-11-28T12:00:00Z"), two),
+        Some(at("2026-11-28T12:02:00Z"))
+    );
+}
+
 /// `leadgate check` on a calendar with every kind of mistake.
 #[test]
 fn check_reports_calendar_mistakes_with_file_and_line() {
@@ -526,4 +550,292 @@ weights = { c = 2 }
         !err.contains("c → c"),
         "self-substitution is reported once:\n{err}"
     );
+}
+
+// ---------------------------------------------------------------------------
+// Through the daemon: sticky owners, queue release, response deadlines.
+
+const SITE: &[(&str, &str)] = &[(
+    "site",
+    "kind = \"form\"\n[form]\nrate_limit_per_minute = 0\n",
+)];
+
+/// Always on shift (no calendar): the deadlines count real seconds.
+const PAIR: &str = r#"
+[users.olga]
+name = "Olga"
+max_open_leads = 1
+[users.ivan]
+name = "Ivan"
+[users.head]
+name = "Head of sales"
+[roles.sales]
+members = ["olga", "ivan"]
+[roles.solo]
+members = ["olga"]
+"#;
+
+async fn post(cfg: &TestConfig, body: &str) -> i64 {
+    let resp = reqwest::Client::new()
+        .post(format!("{}/forms/site", cfg.base_url()))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let v: serde_json::Value = resp.json().await.unwrap();
+    v["lead_id"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("no lead: {v}"))
+}
+
+async fn lead(db: &Db, id: i64) -> std::collections::BTreeMap<String, Option<String>> {
+    db.row(
+        "SELECT assignee_user, assigned_by, routing_note, CAST(overdue AS TEXT) AS overdue, escalation, \
+         CAST(queued_until AS TEXT) AS queued_until, CAST(respond_by AS TEXT) AS respond_by FROM leads WHERE id = $1",
+        id,
+    )
+    .await
+    .unwrap()
+}
+
+async fn activities(db: &Db, id: i64, kind: &str) -> i64 {
+    db.int(
+        &format!("SELECT COUNT(*) FROM activities WHERE lead_id = {id} AND kind = $1"),
+        Some(kind),
+    )
+    .await
+}
+
+async fn wait_for(what: &str, within: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let end = Instant::now() + within;
+    while !check().await {
+        assert!(Instant::now() < end, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_returning_contact_keeps_their_owner_and_explain_says_why() {
+    let cfg = TestConfig::new(None, SITE, PAIR, "default = \"role:sales\"\n");
+    let db = Db::open(&cfg.db_url).await;
+    let _daemon = Daemon::start(&cfg);
+    let first = post(&cfg, "name=Ann&phone=89990000001&email=ann@example.net").await;
+    assert_eq!(
+        lead(&db, first).await["assignee_user"].as_deref(),
+        Some("olga")
+    );
+    // The CRM closes it; the same person writes again (by e-mail only).
+    db.exec(&format!(
+        "UPDATE leads SET status = 'converted' WHERE id = {first}"
+    ))
+    .await;
+    let again = post(&cfg, "name=Ann&email=ann@example.net&comment=again").await;
+    assert_ne!(again, first);
+    let row = lead(&db, again).await;
+    assert_eq!(row["assignee_user"].as_deref(), Some("olga"), "{row:?}");
+    assert_eq!(row["assigned_by"].as_deref(), Some("sticky_owner"));
+    // A new contact takes the next turn meanwhile.
+    let other = post(&cfg, "name=Bob&phone=89990000002").await;
+    assert_eq!(
+        lead(&db, other).await["assignee_user"].as_deref(),
+        Some("ivan")
+    );
+    // olga is at her cap (1 open new lead): a third lead goes past her.
+    let third = post(&cfg, "name=Cid&phone=89990000003").await;
+    let row = lead(&db, third).await;
+    assert_eq!(row["assignee_user"].as_deref(), Some("ivan"), "{row:?}");
+    let inbound = db
+        .int(
+            &format!("SELECT id FROM inbound_messages WHERE lead_id = {third}"),
+            None,
+        )
+        .await;
+    let (code, out, err) = cli(cfg.path(), &["explain", &inbound.to_string()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("olga at cap (1 open new leads)"), "{out}");
+    assert!(out.contains("next on shift: ivan"), "{out}");
+    let inbound = db
+        .int(
+            &format!("SELECT id FROM inbound_messages WHERE lead_id = {again}"),
+            None,
+        )
+        .await;
+    let (_, out, _) = cli(cfg.path(), &["explain", &inbound.to_string()]);
+    assert!(out.contains("sticky owner olga"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_queued_lead_is_released_when_its_timer_is_due() {
+    let routing = "default = \"role:solo\"\n[sla]\nsweep_every = \"200ms\"\n";
+    let cfg = TestConfig::new(None, SITE, PAIR, routing);
+    let db = Db::open(&cfg.db_url).await;
+    let _daemon = Daemon::start(&cfg);
+    let first = post(&cfg, "name=Ann&phone=89990000001").await;
+    let queued = post(&cfg, "name=Bob&phone=89990000002").await;
+    let row = lead(&db, queued).await;
+    assert_eq!(row["assignee_user"], None, "{row:?}");
+    assert_eq!(row["assigned_by"].as_deref(), Some("after_hours"));
+    assert!(row["queued_until"].is_some(), "{row:?}");
+    // The CRM takes the first lead, and the cap's recheck comes due.
+    db.exec(&format!(
+        "UPDATE leads SET status = 'in_progress' WHERE id = {first}"
+    ))
+    .await;
+    db.exec(&format!(
+        "UPDATE lead_timers SET due_at = created_at WHERE lead_id = {queued} AND kind = 'assign'"
+    ))
+    .await;
+    wait_for("release", Duration::from_secs(10), async || {
+        lead(&db, queued).await["assignee_user"].as_deref() == Some("olga")
+    })
+    .await;
+    let row = lead(&db, queued).await;
+    assert_eq!(row["queued_until"], None);
+    assert!(
+        row["routing_note"]
+            .as_deref()
+            .unwrap()
+            .contains("released from the queue"),
+        "{row:?}"
+    );
+    assert_eq!(activities(&db, queued, "assigned").await, 1);
+}
+
+const SLA: &str = r#"
+default = "role:sales"
+[[rules]]
+name = "vip"
+when.product = "vip"
+assign = "role:sales"
+escalate_to = "user:head"
+[sla]
+form = "3s"
+supervisor_after = "2s"
+missed_call = "1s"
+sweep_every = "200ms"
+"#;
+
+async fn deadlines_escalate_once(db_url: Option<String>, restart: bool) {
+    let team = PAIR.replace("max_open_leads = 1\n", "");
+    let cfg = TestConfig::new(db_url, SITE, &team, SLA);
+    let db = Db::open(&cfg.db_url).await;
+    let mut daemon = Daemon::start(&cfg);
+    let ignored = post(&cfg, "name=Ann&phone=89990000001").await;
+    let taken = post(&cfg, "name=Bob&phone=89990000002").await;
+    assert!(lead(&db, ignored).await["respond_by"].is_some());
+    db.exec(&format!(
+        "UPDATE leads SET status = 'in_progress' WHERE id = {taken}"
+    ))
+    .await;
+    // A missed call that was taken but nobody called back (the telephony
+    // path sets `missed`; here the row is set directly).
+    let vip = post(&cfg, "name=Vip&phone=89990000004&product=vip").await;
+    let missed = post(&cfg, "name=Cid&phone=89990000003").await;
+    db.exec(&format!(
+        "UPDATE leads SET status = 'in_progress', missed = TRUE WHERE id = {missed}"
+    ))
+    .await;
+    if restart {
+        daemon.kill9();
+        daemon.restart();
+    }
+    wait_for("escalation", Duration::from_secs(15), async || {
+        lead(&db, ignored).await["escalation"].as_deref() == Some("supervisor")
+    })
+    .await;
+    let row = lead(&db, ignored).await;
+    assert_eq!(row["assignee_user"].as_deref(), Some("ivan"), "{row:?}");
+    assert_eq!(
+        row["overdue"].as_deref(),
+        Some(if db_url_is_pg(&cfg) { "true" } else { "1" })
+    );
+    assert!(
+        row["routing_note"]
+            .as_deref()
+            .unwrap()
+            .contains("reassigned to ivan"),
+        "{row:?}"
+    );
+    assert_eq!(activities(&db, ignored, "escalated").await, 1);
+    assert_eq!(activities(&db, ignored, "supervisor").await, 1);
+    let row = lead(&db, taken).await;
+    assert_eq!(row["escalation"], None, "{row:?}");
+    assert_eq!(activities(&db, taken, "escalated").await, 0);
+    assert_eq!(
+        db.int(
+            &format!(
+                "SELECT COUNT(*) FROM lead_timers WHERE lead_id = {taken} AND outcome = 'taken'"
+            ),
+            None
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        lead(&db, vip).await["assignee_user"].as_deref(),
+        Some("head")
+    );
+    assert_eq!(activities(&db, missed, "callback_overdue").await, 1);
+    assert_eq!(activities(&db, missed, "escalated").await, 0);
+    let inbound = db
+        .int(
+            &format!("SELECT id FROM inbound_messages WHERE lead_id = {ignored}"),
+            None,
+        )
+        .await;
+    let (code, out, err) = cli(cfg.path(), &["explain", &inbound.to_string()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("(fired "), "{out}");
+    assert!(out.contains(": escalated to ivan)"), "{out}");
+    assert!(out.contains("escalation: supervisor"), "{out}");
+}
+
+fn db_url_is_pg(cfg: &TestConfig) -> bool {
+    cfg.db_url.starts_with("postgres")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lead_nobody_takes_escalates_once_and_a_taken_one_does_not() {
+    deadlines_escalate_once(None, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restart_before_the_deadline_still_escalates_once() {
+    deadlines_escalate_once(None, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_instances_on_one_postgres_escalate_each_lead_once() {
+    let Some(pg) = support::pg::server() else {
+        return;
+    };
+    let url = pg.create_database();
+    let team = PAIR.replace("max_open_leads = 1\n", "");
+    let routing = SLA.replace("supervisor_after = \"2s\"\n", "");
+    let a = TestConfig::new(Some(url.clone()), SITE, &team, &routing);
+    let b = TestConfig::new(Some(url.clone()), SITE, &team, &routing);
+    let db = Db::open(&url).await;
+    let _da = Daemon::start(&a);
+    let _db = Daemon::start(&b);
+    let mut leads = Vec::new();
+    for i in 0..10 {
+        let cfg = if i % 2 == 0 { &a } else { &b };
+        leads.push(post(cfg, &format!("name=N{i}&phone=8999000001{i}")).await);
+    }
+    wait_for("all escalated", Duration::from_secs(20), async || {
+        db.int(
+            "SELECT COUNT(*) FROM lead_timers WHERE kind = 'respond' AND fired_at IS NOT NULL",
+            None,
+        )
+        .await
+            == 10
+    })
+    .await;
+    // Let a second sweeper have its chance to do it again.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for id in leads {
+        assert_eq!(activities(&db, id, "escalated").await, 1, "lead {id}");
+    }
 }

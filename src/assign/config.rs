@@ -23,7 +23,10 @@ use chrono_tz::Tz;
 use serde::Deserialize;
 use toml::Spanned;
 
+use leadgate_connector::HumanDuration;
+
 use super::calendar::{Absence, Calendars, Shift, UserCalendar, WeeklyHours};
+use super::sla::Sla;
 use crate::routing::User;
 
 /// One problem, located by a byte span of the file when known.
@@ -346,4 +349,55 @@ fn check_loops(
             }
         }
     }
+}
+
+/// `[sla]` of `routing.toml`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlaFile {
+    form: Option<HumanDuration>,
+    imap: Option<HumanDuration>,
+    telegram: Option<HumanDuration>,
+    vk: Option<HumanDuration>,
+    telephony: Option<HumanDuration>,
+    missed_call: Option<HumanDuration>,
+    supervisor_after: Option<HumanDuration>,
+    /// `user:<id>` or `role:<id>`; checked against the team by the caller.
+    pub escalate_to: Option<Spanned<String>>,
+    sweep_every: Option<Spanned<HumanDuration>>,
+}
+
+fn minutes(d: HumanDuration) -> chrono::Duration {
+    chrono::Duration::from_std(d.0).unwrap_or(chrono::Duration::days(36_500))
+}
+
+/// The `[sla]` table without its escalation target (which needs the team).
+pub fn build_sla(file: &SlaFile) -> (Sla, Vec<Issue>) {
+    let mut issues = Issues(Vec::new());
+    let mut sla = Sla::default();
+    for (kind, within) in [
+        ("form", file.form),
+        ("imap", file.imap),
+        ("telegram", file.telegram),
+        ("vk", file.vk),
+        ("telephony", file.telephony),
+    ] {
+        if let Some(w) = within {
+            sla.by_kind.insert(kind.to_owned(), minutes(w));
+        }
+    }
+    sla.missed_call = file.missed_call.map(minutes);
+    sla.supervisor_after = file.supervisor_after.map(minutes);
+    if let Some(every) = &file.sweep_every {
+        if every.get_ref().0 < std::time::Duration::from_millis(100) {
+            issues.at(
+                every.span(),
+                "sla.sweep_every".into(),
+                "must be at least 100ms",
+            );
+        } else {
+            sla.sweep_every = every.get_ref().0;
+        }
+    }
+    (sla, issues.0)
 }

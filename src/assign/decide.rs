@@ -72,6 +72,8 @@ pub struct Policy {
     /// recent past; `None` turns sticky owners off.
     pub sticky_window: Option<chrono::Duration>,
     pub after_hours: AfterHours,
+    /// Response deadlines: the rule's own and the `[sla]` defaults.
+    pub sla: super::sla::RuleSla,
 }
 
 impl Default for Policy {
@@ -79,6 +81,7 @@ impl Default for Policy {
         Policy {
             sticky_window: Some(chrono::Duration::days(180)),
             after_hours: AfterHours::Queue,
+            sla: Default::default(),
         }
     }
 }

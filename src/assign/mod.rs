@@ -11,6 +11,7 @@
 pub mod calendar;
 pub mod config;
 pub mod decide;
+pub mod sla;
 
 pub use calendar::{Absence, Availability, Calendars, Shift, UserCalendar, WeeklyHours};
 pub use decide::{AfterHours, Ask, Load, Outcome, Picked, Policy, Skip, decide, loads_needed};

@@ -17,7 +17,7 @@ use super::{
     ChannelConfig, ChannelKind, ChannelProtocol, Config, ConfigError, HumanDuration, MainConfig,
     Problem,
 };
-use crate::assign::config::{CalendarFile, UserFile};
+use crate::assign::config::{CalendarFile, SlaFile, UserFile};
 use crate::assign::{AfterHours, Policy};
 use crate::routing::{Assignee, Condition, Role, RoutingConfig, Rule, Strategy, TeamConfig};
 
@@ -353,6 +353,8 @@ struct RoutingFile {
     sticky_window: Option<HumanDuration>,
     /// `queue` (default), `user:<id>` or `role:<id>`.
     after_hours: Option<Spanned<String>>,
+    /// Response deadlines and escalation.
+    sla: Option<SlaFile>,
 }
 
 #[derive(Deserialize)]
@@ -364,6 +366,8 @@ struct RuleFile {
     sticky: Option<bool>,
     sticky_window: Option<HumanDuration>,
     after_hours: Option<Spanned<String>>,
+    respond_within: Option<HumanDuration>,
+    escalate_to: Option<Spanned<String>>,
     #[serde(default)]
     when: BTreeMap<String, Spanned<ConditionFile>>,
 }
@@ -426,7 +430,7 @@ fn load_routing(l: &mut Loader, path: &Path, team: &TeamConfig) -> RoutingConfig
     let default = file
         .default
         .and_then(|d| check_assignee(l, &src, d.span(), "default", d.get_ref(), team));
-    let base = policy(
+    let mut base = policy(
         l,
         &src,
         team,
@@ -434,6 +438,16 @@ fn load_routing(l: &mut Loader, path: &Path, team: &TeamConfig) -> RoutingConfig
         (file.sticky, file.sticky_window, file.after_hours.as_ref()),
         "",
     );
+    let sla_file = file.sla.unwrap_or_default();
+    let (mut sla, issues) = crate::assign::config::build_sla(&sla_file);
+    for issue in issues {
+        let span = issue.span.unwrap_or(0..0);
+        l.problem_at(&src, span, Some(&issue.field), issue.message);
+    }
+    sla.escalate_to = sla_file
+        .escalate_to
+        .and_then(|t| check_assignee(l, &src, t.span(), "sla.escalate_to", t.get_ref(), team));
+    base.sla.defaults = std::sync::Arc::new(sla);
     let mut rules = Vec::new();
     let mut names = BTreeMap::new();
     for (i, rule) in file.rules.into_iter().enumerate() {
@@ -464,7 +478,7 @@ fn load_routing(l: &mut Loader, path: &Path, team: &TeamConfig) -> RoutingConfig
                 Err(e) => l.problem_at(&src, span, Some(&cond_field), e),
             }
         }
-        let policy = policy(
+        let mut policy = policy(
             l,
             &src,
             team,
@@ -472,6 +486,13 @@ fn load_routing(l: &mut Loader, path: &Path, team: &TeamConfig) -> RoutingConfig
             (rule.sticky, rule.sticky_window, rule.after_hours.as_ref()),
             &format!("{field}."),
         );
+        policy.sla.respond_within = rule
+            .respond_within
+            .and_then(|w| chrono::Duration::from_std(w.0).ok());
+        policy.sla.escalate_to = rule.escalate_to.and_then(|t| {
+            let f = format!("{field}.escalate_to");
+            check_assignee(l, &src, t.span(), &f, t.get_ref(), team)
+        });
         if let Some(assign) = assign {
             rules.push(Rule {
                 name,

@@ -13,6 +13,7 @@ use chrono::{DateTime, Utc};
 use sqlx::Row;
 
 use super::tx::Tx;
+use crate::assign::sla::deadline;
 use crate::assign::{Ask, Load, Outcome, decide, loads_needed};
 use crate::pipeline::{Prepared, Route};
 use crate::routing::Strategy;
@@ -43,6 +44,12 @@ impl Assignment {
 
 /// Timer kinds in `lead_timers`.
 pub(crate) const TIMER_ASSIGN: &str = "assign";
+/// `(lead, kind, due, target)`: a queued lead's pool or person, a deadline's
+/// escalation target.
+pub(crate) type NewTimer<'a> = (i64, &'a str, DateTime<Utc>, Option<&'a str>);
+pub(crate) const TIMER_RESPOND: &str = "respond";
+pub(crate) const TIMER_SUPERVISE: &str = "supervise";
+pub(crate) const TIMER_CALLBACK: &str = "callback";
 
 /// The statements assignment runs, beside the writer's own.
 pub(crate) trait AssignTx: Send {
@@ -59,13 +66,23 @@ pub(crate) trait AssignTx: Send {
         users: &[&str],
     ) -> impl Future<Output = R<Vec<(String, i64, i64)>>> + Send;
     /// Arm (or re-arm) a lead's timer of `kind`.
+    /// `target`: whom a queued lead waits for (`user:<id>`, `role:<id>`).
     fn set_timer(
         &mut self,
         lead: i64,
         kind: &str,
         due: DateTime<Utc>,
+        target: Option<&str>,
         now: DateTime<Utc>,
     ) -> impl Future<Output = R<()>> + Send;
+    /// Arm many timers in one statement: `(lead, kind, due, target)`.
+    fn set_timers(
+        &mut self,
+        timers: &[NewTimer<'_>],
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = R<()>> + Send;
+    /// Copy the leads' `respond` deadlines onto their rows.
+    fn copy_respond_by(&mut self, leads: &[i64]) -> impl Future<Output = R<()>> + Send;
     fn set_queued(
         &mut self,
         lead: i64,
@@ -123,18 +140,66 @@ macro_rules! impl_assign_tx {
                     .collect()
             }
 
-            async fn set_timer(&mut self, lead: i64, kind: &str, due: DateTime<Utc>, now: DateTime<Utc>) -> R<()> {
+            async fn set_timer(
+                &mut self,
+                lead: i64,
+                kind: &str,
+                due: DateTime<Utc>,
+                target: Option<&str>,
+                now: DateTime<Utc>,
+            ) -> R<()> {
                 sqlx::query(
-                    "INSERT INTO lead_timers (lead_id, kind, due_at, created_at) VALUES ($1, $2, $3, $4) \
-                     ON CONFLICT (lead_id, kind) DO UPDATE SET due_at = $3, fired_at = NULL, outcome = NULL",
+                    "INSERT INTO lead_timers (lead_id, kind, due_at, created_at, target) VALUES ($1, $2, $3, $4, $5) \
+                     ON CONFLICT (lead_id, kind) DO UPDATE SET due_at = $3, fired_at = NULL, outcome = NULL, target = $5",
                 )
                 .bind(lead)
                 .bind(kind)
                 .bind(due)
                 .bind(now)
+                .bind(target)
                 .execute(&mut *self)
                 .await
                 .map(|_| ())
+            }
+
+            async fn set_timers(&mut self, timers: &[NewTimer<'_>], now: DateTime<Utc>) -> R<()> {
+                for chunk in timers.chunks(5_000) {
+                    let rows: Vec<String> = (0..chunk.len())
+                        .map(|i| {
+                            let p = 5 * i;
+                            format!("(${}, ${}, ${}, ${}, ${})", p + 1, p + 2, p + 3, p + 4, p + 5)
+                        })
+                        .collect();
+                    let sql = format!(
+                        "INSERT INTO lead_timers (lead_id, kind, due_at, created_at, target) VALUES {} \
+                         ON CONFLICT (lead_id, kind) DO UPDATE SET due_at = excluded.due_at, \
+                         target = excluded.target, fired_at = NULL, outcome = NULL",
+                        rows.join(", ")
+                    );
+                    let mut q = sqlx::query(&sql);
+                    for (lead, kind, due, target) in chunk {
+                        q = q.bind(*lead).bind(*kind).bind(*due).bind(now).bind(*target);
+                    }
+                    q.execute(&mut *self).await?;
+                }
+                Ok(())
+            }
+
+            async fn copy_respond_by(&mut self, leads: &[i64]) -> R<()> {
+                for chunk in leads.chunks(5_000) {
+                    let list: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 1)).collect();
+                    let sql = format!(
+                        "UPDATE leads SET respond_by = (SELECT t.due_at FROM lead_timers t \
+                         WHERE t.lead_id = leads.id AND t.kind = 'respond') WHERE id IN ({})",
+                        list.join(", ")
+                    );
+                    let mut q = sqlx::query(&sql);
+                    for lead in chunk {
+                        q = q.bind(*lead);
+                    }
+                    q.execute(&mut *self).await?;
+                }
+                Ok(())
             }
 
             async fn set_queued(&mut self, lead: i64, until: Option<DateTime<Utc>>) -> R<()> {
@@ -161,8 +226,12 @@ pub(super) struct Assigner {
     /// Leads assigned per user that are decided but not yet inserted, so
     /// a count read from the table meanwhile is completed.
     unflushed: HashMap<String, i64>,
-    /// Queued leads whose rows are not inserted yet: `(lead, until)`.
-    queued: Vec<(i64, Option<DateTime<Utc>>)>,
+    /// Queued leads whose rows are not inserted yet: `(lead, until,
+    /// target)`.
+    queued: Vec<(i64, Option<DateTime<Utc>>, String)>,
+    /// Response deadlines of leads whose rows are not inserted yet.
+    /// `(lead, due, escalation target)`.
+    deadlines: Vec<(i64, DateTime<Utc>, Option<String>)>,
 }
 
 impl Assigner {
@@ -265,10 +334,30 @@ impl Assigner {
         Ok(())
     }
 
-    /// The lead of `assignment` now has an id.
-    pub(super) fn created(&mut self, lead: i64, assignment: &Assignment) {
+    /// The lead of `assignment` now has an id: remember what to write
+    /// once its row is inserted (a queued lead's release, a deadline).
+    pub(super) fn created(
+        &mut self,
+        lead: i64,
+        assignment: &Assignment,
+        item: &Prepared,
+        now: DateTime<Utc>,
+    ) {
         if assignment.assigned_by == Some("after_hours") && assignment.user.is_none() {
-            self.queued.push((lead, assignment.queued_until));
+            // Its deadline starts when it is released to someone.
+            let target = match &item.route {
+                Route::User(u) => format!("user:{u}"),
+                Route::Role { role, .. } => format!("role:{role}"),
+                Route::Nobody => return,
+            };
+            self.queued.push((lead, assignment.queued_until, target));
+            return;
+        }
+        if let Some(within) = item.policy.sla.respond_within(item.kind.as_str())
+            && let Some(due) = deadline(&item.team, assignment.user.as_deref(), now, within)
+        {
+            let target = item.policy.sla.escalate_to().map(|a| a.to_string());
+            self.deadlines.push((lead, due, target));
         }
     }
 
@@ -276,10 +365,22 @@ impl Assigner {
     /// assignment.
     pub(super) async fn flushed<T: Tx>(&mut self, tx: &mut T, now: DateTime<Utc>) -> R<()> {
         self.unflushed.clear();
-        for (lead, until) in self.queued.drain(..) {
+        if !self.deadlines.is_empty() {
+            let timers: Vec<NewTimer<'_>> = self
+                .deadlines
+                .iter()
+                .map(|(lead, due, target)| (*lead, TIMER_RESPOND, *due, target.as_deref()))
+                .collect();
+            tx.set_timers(&timers, now).await?;
+            let leads: Vec<i64> = self.deadlines.iter().map(|d| d.0).collect();
+            tx.copy_respond_by(&leads).await?;
+            self.deadlines.clear();
+        }
+        for (lead, until, target) in self.queued.drain(..) {
             tx.set_queued(lead, until).await?;
             if let Some(until) = until {
-                tx.set_timer(lead, TIMER_ASSIGN, until, now).await?;
+                tx.set_timer(lead, TIMER_ASSIGN, until, Some(&target), now)
+                    .await?;
             }
         }
         Ok(())

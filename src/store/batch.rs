@@ -78,7 +78,7 @@ pub(super) async fn apply_all<T: Tx>(
                     .assign(tx, item, state.now, false, true)
                     .await?;
                 let lead = state.ids.take(tx, Table::Leads, state.remaining).await?;
-                state.assigner.created(lead, &assignment);
+                state.assigner.created(lead, &assignment, item, state.now);
                 let id = state.ids.take(tx, Table::Inbound, state.remaining).await?;
                 let r = receipt(id, Disposition::LeadCreated, Some(lead));
                 state.known.learn(item, &r, contact);

@@ -4,6 +4,7 @@
 mod assign;
 mod batch;
 mod lease;
+mod timers;
 mod tx;
 mod writer;
 
@@ -18,6 +19,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{PgPool, Row, SqlitePool};
 
 pub use lease::LeaseKeeper;
+pub use timers::{DueTimer, LeadTimeline, sweep as sweep_timers};
 pub use writer::{WriterHandle, spawn as spawn_writer};
 
 use crate::config::{DatabaseConfig, SqliteSynchronous as SyncSetting};

@@ -506,7 +506,7 @@ async fn create_lead<T: Tx>(
     let lead = state
         .insert_lead(tx, new_lead(item, contact, &assignment, now))
         .await?;
-    state.assigner.created(lead, &assignment);
+    state.assigner.created(lead, &assignment, item, now);
     state.assigner.flushed(tx, now).await?;
     Ok(lead)
 }
