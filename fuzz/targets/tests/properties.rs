@@ -24,6 +24,9 @@ use proptest::test_runner::{Config, TestCaseError, TestError, TestRunner};
 /// One case running this long is a hang, not a slow parse.
 const HANG: Duration = Duration::from_secs(10);
 
+/// How often a long run reports its progress.
+const PROGRESS_EVERY: Duration = Duration::from_secs(60);
+
 fn cases(ci_default: u32) -> u32 {
     match std::env::var("LEADGATE_PROP_CASES") {
         Ok(v) => v
@@ -139,12 +142,22 @@ fn check_target(
     };
     let strategy = (0..seeds.len(), prop::collection::vec(mutation(), 1..6));
     let started = Instant::now();
+    let last_report = std::cell::Cell::new(started);
     let result = runner.run(&strategy, |(seed, mutations)| {
         let input: Arc<[u8]> = mutate::apply(seed_data[seed], &mutations, &seed_data).into();
         let verdict = watchdog.guard(input, run);
-        stats.executions.fetch_add(1, Ordering::Relaxed);
+        let executions = stats.executions.fetch_add(1, Ordering::Relaxed) + 1;
         if verdict == Verdict::Accepted {
             stats.accepted.fetch_add(1, Ordering::Relaxed);
+        }
+        // Long runs say how far they got, so a run stopped at its time
+        // budget still reports its count.
+        if executions % 1024 == 0 && last_report.get().elapsed() >= PROGRESS_EVERY {
+            last_report.set(Instant::now());
+            eprintln!(
+                "{target}: {executions} executions so far, {:.0}s",
+                started.elapsed().as_secs_f64()
+            );
         }
         Ok::<(), TestCaseError>(())
     });
