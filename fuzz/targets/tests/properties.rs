@@ -152,7 +152,7 @@ fn check_target(
         }
         // Long runs say how far they got, so a run stopped at its time
         // budget still reports its count.
-        if executions % 1024 == 0 && last_report.get().elapsed() >= PROGRESS_EVERY {
+        if executions.is_multiple_of(1024) && last_report.get().elapsed() >= PROGRESS_EVERY {
             last_report.set(Instant::now());
             eprintln!(
                 "{target}: {executions} executions so far, {:.0}s",
