@@ -958,3 +958,42 @@ async fn an_unreachable_api_is_retried_with_backoff() {
     assert!(daemon.log_text().contains("reconnecting"));
     db.close().await;
 }
+
+/// SIGKILL after a batch is committed and before the getUpdates that
+/// confirms it reaches Telegram: the restarted daemon confirms it from its
+/// stored cursor and stores none of it again.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_between_commit_and_confirmation_stores_nothing_twice() {
+    let api = FakeBotApi::start().await;
+    // Queued before the daemon starts, so its first getUpdates takes all
+    // five in one batch.
+    for n in 1..=5 {
+        api.push(synthetic(n));
+    }
+    api.stall_next_confirmation();
+    let cfg = config(None, &api, "polling", "");
+    let mut daemon = Daemon::start(&cfg);
+    let db = Db::open(&cfg.db_url).await;
+    api.wait_for("the confirming getUpdates", Duration::from_secs(10), |a| {
+        a.stalled() == 1
+    })
+    .await;
+    assert_eq!(api.pending(), 5, "nothing confirmed yet");
+    assert_each_once(&db, 5).await;
+    daemon.kill9();
+    let before = api.offsets().len();
+    daemon.restart();
+    api.wait_for(
+        "the confirmation after restart",
+        Duration::from_secs(10),
+        |a| a.pending() == 0,
+    )
+    .await;
+    assert_eq!(
+        api.offsets()[before],
+        910_000_006,
+        "the restarted daemon starts after its stored cursor"
+    );
+    assert_each_once(&db, 5).await;
+    db.close().await;
+}

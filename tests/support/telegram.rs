@@ -54,6 +54,10 @@ struct Inner {
     get_updates_errors: VecDeque<Injected>,
     /// Answer every getUpdates with this (a persistent conflict).
     always_conflict: bool,
+    /// Leave the next confirming getUpdates unanswered and unapplied, as
+    /// if it never reached Telegram.
+    stall_confirmation: bool,
+    stalled: usize,
     send_message_errors: VecDeque<Injected>,
     violations: Vec<String>,
     check: Option<ConfirmCheck>,
@@ -127,6 +131,16 @@ impl FakeBotApi {
 
     pub fn inject_send_message(&self, answer: Injected) {
         self.lock().send_message_errors.push_back(answer);
+    }
+
+    /// The next getUpdates that would confirm something is held without
+    /// confirming anything (the daemon can be killed while it waits).
+    pub fn stall_next_confirmation(&self) {
+        self.lock().stall_confirmation = true;
+    }
+
+    pub fn stalled(&self) -> usize {
+        self.lock().stalled
     }
 
     pub fn set_always_conflict(&self, on: bool) {
@@ -307,6 +321,20 @@ async fn get_updates(api: &FakeBotApi, params: &Value) -> Response {
     let limit = params["limit"].as_u64().unwrap_or(100).clamp(1, 100) as usize;
     let timeout = Duration::from_secs(params["timeout"].as_u64().unwrap_or(0));
     if let Some(offset) = params["offset"].as_i64() {
+        let stall = {
+            let mut inner = api.lock();
+            let confirms = inner.queue.iter().any(|(pos, _)| *pos < offset);
+            let stall = confirms && inner.stall_confirmation;
+            if stall {
+                inner.stall_confirmation = false;
+                inner.stalled += 1;
+            }
+            stall
+        };
+        if stall {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            return error(502, "stalled by the test", None);
+        }
         let (confirmed, check) = {
             let mut inner = api.lock();
             inner.offsets.push(offset);
