@@ -839,3 +839,64 @@ async fn two_instances_on_one_postgres_escalate_each_lead_once() {
         assert_eq!(activities(&db, id, "escalated").await, 1, "lead {id}");
     }
 }
+
+/// The README's worked example (five sellers, two shifts, one on vacation)
+/// loads, and decides as the text says.
+#[test]
+fn the_readme_example_loads_and_decides_as_described() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let block = |start: &str| -> String {
+        let from = readme
+            .find(start)
+            .unwrap_or_else(|| panic!("README has no {start:?}"));
+        let rest = &readme[from..];
+        rest[..rest.find("```").unwrap()].to_owned()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("leadgate.toml"), "").unwrap();
+    std::fs::write(
+        dir.path().join("team.toml"),
+        block("# team.toml\n[calendar]"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("routing.toml"),
+        block("# routing.toml\ndefault = \"role:sales\"\nafter_hours"),
+    )
+    .unwrap();
+    let config = config::load(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+    let decide_at = |route: &Route, rule: &str, now: &str, owner: Option<&str>| {
+        let policy = policy(&config, rule);
+        let ask = Ask {
+            route,
+            policy: &policy,
+            previous_owner: owner,
+            turn: 1,
+            now: at(now),
+        };
+        decide(&config.team, &ask, &|_: &str| Load::default())
+    };
+    let day = role(&config, "day");
+    // Monday 2027-07-05 10:00 MSK: turn 1 is Boris, on vacation → Anna.
+    let o = decide_at(&day, "calls", "2027-07-05T07:00:00Z", None);
+    assert_eq!(o.user.as_deref(), Some("anna"), "{}", o.note);
+    // 20:00 MSK = 22:00 in Yekaterinburg: calls go to the night role.
+    let o = decide_at(&day, "calls", "2027-07-05T17:00:00Z", None);
+    assert_eq!(o.user.as_deref(), Some("gleb"), "{}", o.note);
+    assert_eq!(o.picked, Picked::AfterHoursRole);
+    // E-mail at that hour waits until Tuesday 09:00 MSK.
+    let o = decide_at(&day, "mail", "2027-07-05T17:00:00Z", None);
+    assert_eq!(
+        o.queued_until(),
+        Some(at("2027-07-06T06:00:00Z")),
+        "{}",
+        o.note
+    );
+    // A returning customer of Vera's goes to Vera while she is on shift.
+    let o = decide_at(&day, "mail", "2027-07-05T07:00:00Z", Some("vera"));
+    assert_eq!(
+        (o.user.as_deref(), o.picked),
+        (Some("vera"), Picked::StickyOwner)
+    );
+}
