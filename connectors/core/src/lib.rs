@@ -24,6 +24,7 @@ mod duration;
 mod error;
 mod inbound;
 mod live;
+pub mod phones;
 mod secret;
 mod sink;
 pub mod urlencoded;

@@ -50,7 +50,6 @@ mod body;
 mod decode;
 mod flags;
 mod headers;
-mod phones;
 #[cfg(test)]
 mod tests;
 
@@ -70,7 +69,7 @@ use self::decode::{
 };
 use self::flags::{Facts, domain_of, is_bounce_sender, is_robot_sender};
 use self::headers::{Headers, hash_ref, msg_ids, msgid_ref};
-use self::phones::{find_phones, phone_key};
+use leadgate_connector::phones::{self, find_phones, phone_key};
 
 /// `raw` keeps at most this much of the message.
 const MAX_RAW: usize = 256 * 1024;

@@ -43,7 +43,6 @@
 mod api;
 mod config;
 mod endpoint;
-mod phones;
 mod poller;
 mod reply;
 mod update;

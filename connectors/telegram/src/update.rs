@@ -19,7 +19,7 @@ use leadgate_connector::{Attachment, ChannelId, Flag, IdentityKind, Inbound, fie
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use crate::phones::find_phones;
+use leadgate_connector::phones::find_phones;
 
 /// Names of the fields this connector adds beside the shared vocabulary.
 pub mod telegram_fields {

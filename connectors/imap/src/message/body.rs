@@ -10,7 +10,7 @@ use regex::Regex;
 
 use super::FormLabels;
 use super::decode::one_line;
-use super::phones::find_phones;
+use leadgate_connector::phones::find_phones;
 
 /// Longest value kept from one labelled line.
 const MAX_FIELD_VALUE: usize = 4 * 1024;

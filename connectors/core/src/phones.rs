@@ -1,4 +1,5 @@
-//! Phone numbers in free text (bodies, signatures, form values).
+//! Phone numbers in free text (mail bodies and signatures, chat messages,
+//! form values), for every connector that reads text.
 //!
 //! Numbers are returned as written (`8 (999) 123-45-67`, with an extension
 //! as `… доб. 123`); the pipeline normalizes them to E.164. The finder reads
@@ -22,7 +23,7 @@ use std::sync::LazyLock;
 use regex::Regex;
 
 /// At most this many numbers are taken from one message.
-pub(super) const MAX_PHONES: usize = 8;
+pub const MAX_PHONES: usize = 8;
 
 /// Words right before a number that say it is not a phone.
 static NEGATIVE: LazyLock<Regex> = LazyLock::new(|| {
@@ -80,7 +81,7 @@ fn is_sep(c: char) -> bool {
 
 /// Phone numbers in `text`, as written, in order of appearance, without
 /// repeats (compared by digits, `8…` equal to `7…`).
-pub(super) fn find_phones(text: &str) -> Vec<String> {
+pub fn find_phones(text: &str) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     let mut keys: Vec<String> = Vec::new();
     for line in text.lines() {
@@ -100,7 +101,7 @@ pub(super) fn find_phones(text: &str) -> Vec<String> {
 
 /// Digits of a number without its extension, the Russian trunk prefix
 /// folded (`8999…` and `7999…` are one number).
-pub(super) fn phone_key(phone: &str) -> String {
+pub fn phone_key(phone: &str) -> String {
     let number = phone.split("доб").next().unwrap_or(phone);
     let digits: String = number.chars().filter(char::is_ascii_digit).collect();
     if digits.len() == 11 && digits.starts_with('8') {
