@@ -39,8 +39,12 @@ pub enum Verdict {
     Refused,
 }
 
+/// One input through one parser, as the fuzzers and the property tests
+/// call it.
+pub type Target = fn(&[u8]) -> Verdict;
+
 /// Every target, by the name its fuzz binary and seed folder carry.
-pub const TARGETS: &[(&str, fn(&[u8]) -> Verdict)] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("form_body", form_body),
     ("email", email),
     ("telephony", telephony),

@@ -41,12 +41,15 @@ fn cases(ci_default: u32) -> u32 {
 /// a hung parser cannot be interrupted, and a test that never ends fails
 /// nothing.
 struct Watchdog {
-    running: Arc<Mutex<Option<(Instant, Arc<[u8]>)>>>,
+    running: Arc<Mutex<Option<Case>>>,
 }
+
+/// The case under test: when it started and its input.
+type Case = (Instant, Arc<[u8]>);
 
 impl Watchdog {
     fn start(target: &'static str) -> Watchdog {
-        let running: Arc<Mutex<Option<(Instant, Arc<[u8]>)>>> = Arc::default();
+        let running: Arc<Mutex<Option<Case>>> = Arc::default();
         let watched = Arc::downgrade(&running);
         std::thread::spawn(move || {
             while let Some(running) = watched.upgrade() {
