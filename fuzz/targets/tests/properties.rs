@@ -288,3 +288,36 @@ fn a_team_file_with_a_hundred_thousand_mistakes_loads_promptly() {
         Verdict::Refused
     );
 }
+
+/// Deeply nested TOML (arrays, inline tables, dotted keys) is refused on a
+/// 2 MiB stack, the size of the runtime thread a SIGHUP reload loads on.
+/// The long run of the config target hit one stack overflow whose input
+/// the abort did not let the harness save (docs/reliability.md); these
+/// shapes are the likely ones, and do not cause it.
+#[test]
+fn deeply_nested_toml_is_refused_without_overflowing_the_stack() {
+    let seed = &corpus::seeds("config")[0];
+    let shapes: [fn(usize) -> String; 4] = [
+        |depth| format!("x = {}\n", "[".repeat(depth)),
+        |depth| format!("x = {}1{}\n", "[".repeat(depth), "]".repeat(depth)),
+        |depth| format!("x = {}1{}\n", "{a = ".repeat(depth), "}".repeat(depth)),
+        |depth| format!("{}a = 1\n", "a.".repeat(depth)),
+    ];
+    for (shape, depth) in shapes
+        .iter()
+        .flat_map(|s| [1_000, 10_000, 100_000].map(|d| (s, d)))
+    {
+        let mut files = leadgate_fuzz_targets::input::split_config_folder(&seed.data);
+        let nested = format!("kind = \"form\"\n{}", shape(depth));
+        files[1] = Some(nested.as_bytes());
+        let input: Arc<[u8]> = leadgate_fuzz_targets::input::config_folder(&files).into();
+        // The size of a tokio worker's stack, where a reload runs.
+        let verdict = std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || leadgate_fuzz_targets::config(&input))
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(verdict, Verdict::Refused, "depth {depth}");
+    }
+}
