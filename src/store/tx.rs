@@ -210,8 +210,23 @@ const MAX_PARAMS: usize = 30_000;
 const LEAD_COLUMNS: usize = 27;
 const INBOUND_COLUMNS: usize = 19;
 
+/// How a dialect writes the `n`-th (1-based) bind parameter of a long,
+/// generated statement. SQLite gets anonymous `?`: sqlx binds numbered
+/// parameters by looking each one's name up, and SQLite's lookup scans the
+/// statement's parameter list, so a 900-parameter insert cost ~800,000
+/// steps (a profile had `sqlite3_bind_parameter_name` at 15% of the daemon).
+type Placeholder = fn(usize) -> String;
+
+fn anonymous(_: usize) -> String {
+    "?".to_owned()
+}
+
+fn numbered(n: usize) -> String {
+    format!("${n}")
+}
+
 /// `prefix ($1, $2, …), (…) suffix` for `rows` rows of `cols` parameters.
-fn values_sql(prefix: &str, rows: usize, cols: usize, suffix: &str) -> String {
+fn values_sql(p: Placeholder, prefix: &str, rows: usize, cols: usize, suffix: &str) -> String {
     let mut sql = String::with_capacity(prefix.len() + rows * cols * 5 + suffix.len());
     sql.push_str(prefix);
     for row in 0..rows {
@@ -220,7 +235,7 @@ fn values_sql(prefix: &str, rows: usize, cols: usize, suffix: &str) -> String {
             if col > 0 {
                 sql.push_str(", ");
             }
-            sql.push_str(&format!("${}", row * cols + col + 1));
+            sql.push_str(&p(row * cols + col + 1));
         }
         sql.push(')');
     }
@@ -229,13 +244,13 @@ fn values_sql(prefix: &str, rows: usize, cols: usize, suffix: &str) -> String {
 }
 
 /// `(a = $k AND b = $k+1) OR …` for `n` pairs, numbering after `offset`.
-fn pairs_sql(a: &str, b: &str, n: usize, offset: usize) -> String {
+fn pairs_sql(p: Placeholder, a: &str, b: &str, n: usize, offset: usize) -> String {
     (0..n)
         .map(|i| {
             format!(
-                "({a} = ${} AND {b} = ${})",
-                offset + 2 * i + 1,
-                offset + 2 * i + 2
+                "({a} = {} AND {b} = {})",
+                p(offset + 2 * i + 1),
+                p(offset + 2 * i + 2)
             )
         })
         .collect::<Vec<_>>()
@@ -259,7 +274,7 @@ where
 }
 
 macro_rules! impl_tx {
-    ($conn:ty, $announce:expr, $allocate:expr) => {
+    ($conn:ty, $announce:expr, $allocate:expr, $placeholder:expr) => {
         impl Tx for $conn {
             async fn announce_leads(&mut self, leads: &[i64]) -> R<()> {
                 let sql: Option<&str> = $announce;
@@ -281,7 +296,7 @@ macro_rules! impl_tx {
                 for chunk in keys.chunks(MAX_PARAMS / 2) {
                     let sql = format!(
                         "SELECT channel_id, source_ref, id, lead_id, received_at FROM inbound_messages WHERE {}",
-                        pairs_sql("channel_id", "source_ref", chunk.len(), 0)
+                        pairs_sql($placeholder, "channel_id", "source_ref", chunk.len(), 0)
                     );
                     let mut q = sqlx::query(&sql);
                     for (a, b) in chunk {
@@ -303,8 +318,9 @@ macro_rules! impl_tx {
                 for chunk in keys.chunks(MAX_PARAMS / 2) {
                     let sql = format!(
                         "SELECT channel_id, content_key, id, lead_id, received_at FROM inbound_messages \
-                         WHERE received_at >= $1 AND ({}) ORDER BY id",
-                        pairs_sql("channel_id", "content_key", chunk.len(), 1)
+                         WHERE received_at >= {} AND ({}) ORDER BY id",
+                        ($placeholder)(1),
+                        pairs_sql($placeholder, "channel_id", "content_key", chunk.len(), 1)
                     );
                     let mut q = sqlx::query(&sql).bind(since);
                     for (a, b) in chunk {
@@ -361,13 +377,10 @@ macro_rules! impl_tx {
                 if ids.is_empty() {
                     return Ok(Vec::new());
                 }
-                let mut sql = String::from("SELECT kind, value, contact_id FROM contact_identities WHERE ");
-                for i in 0..ids.len() {
-                    if i > 0 {
-                        sql.push_str(" OR ");
-                    }
-                    sql.push_str(&format!("(kind = ${} AND value = ${})", 2 * i + 1, 2 * i + 2));
-                }
+                let sql = format!(
+                    "SELECT kind, value, contact_id FROM contact_identities WHERE {}",
+                    pairs_sql($placeholder, "kind", "value", ids.len(), 0)
+                );
                 let mut q = sqlx::query(&sql);
                 for (kind, value) in ids {
                     q = q.bind(*kind).bind(*value);
@@ -381,6 +394,7 @@ macro_rules! impl_tx {
             async fn insert_identities(&mut self, ids: &[(&str, &str, i64)], now: DateTime<Utc>) -> R<()> {
                 for chunk in ids.chunks(MAX_PARAMS / 4) {
                     let sql = values_sql(
+                        $placeholder,
                         "INSERT INTO contact_identities (kind, value, contact_id, created_at) VALUES ",
                         chunk.len(),
                         4,
@@ -408,7 +422,7 @@ macro_rules! impl_tx {
 
             async fn insert_contacts(&mut self, contacts: &[(i64, Option<&str>)], now: DateTime<Utc>) -> R<()> {
                 for chunk in contacts.chunks(MAX_PARAMS / 3) {
-                    let sql = values_sql("INSERT INTO contacts (id, name, created_at) VALUES ", chunk.len(), 3, "");
+                    let sql = values_sql($placeholder, "INSERT INTO contacts (id, name, created_at) VALUES ", chunk.len(), 3, "");
                     let mut q = sqlx::query(&sql);
                     for (id, name) in chunk {
                         q = q.bind(*id).bind(*name).bind(now);
@@ -465,6 +479,7 @@ macro_rules! impl_tx {
             async fn insert_leads(&mut self, leads: &[(i64, NewLead<'_>)]) -> R<()> {
                 for chunk in leads.chunks(MAX_PARAMS / LEAD_COLUMNS) {
                     let sql = values_sql(
+                        $placeholder,
                         "INSERT INTO leads (id, created_at, updated_at, last_activity_at, channel_id, channel_kind, \
                          source_ref, contact_id, name, phone, email, messenger, subject, message, product, region, \
                          utm_source, utm_medium, utm_campaign, utm_term, utm_content, fields, assignee_user, \
@@ -512,6 +527,7 @@ macro_rules! impl_tx {
             async fn insert_inbounds(&mut self, rows: &[(i64, NewInbound<'_>)]) -> R<()> {
                 for chunk in rows.chunks(MAX_PARAMS / INBOUND_COLUMNS) {
                     let sql = values_sql(
+                        $placeholder,
                         "INSERT INTO inbound_messages (id, channel_id, channel_kind, source_ref, received_at, stored_at, \
                          disposition, reason, lead_id, contact_id, sender_name, sender_phone, sender_email, subject, \
                          text, fields, attachments, content_key, raw) VALUES ",
@@ -730,12 +746,14 @@ impl_tx!(
     sqlx::SqliteConnection,
     None,
     "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < $2) \
-     SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = $1), 0) + i FROM n"
+     SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = $1), 0) + i FROM n",
+    anonymous
 );
 // PostgreSQL: the table's sequence hands them out, concurrency-safe across
 // instances; ids a transaction does not use are gaps, as after a rollback.
 impl_tx!(
     sqlx::PgConnection,
     Some("pg_notify('leadgate_leads', $1)"),
-    "SELECT nextval(pg_get_serial_sequence($1, 'id')) FROM generate_series(1, $2::bigint)"
+    "SELECT nextval(pg_get_serial_sequence($1, 'id')) FROM generate_series(1, $2::bigint)",
+    numbered
 );
