@@ -9,9 +9,10 @@
 use std::time::Duration;
 
 use axum::body::Body;
+use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
-use http::{HeaderMap, header};
+use http::{HeaderMap, HeaderValue, StatusCode, header};
 
 /// How much of an oversized body is read and thrown away so its sender
 /// sees the 413; beyond it the connection is simply closed.
@@ -64,6 +65,20 @@ async fn drain(mut stream: axum::body::BodyDataStream) {
         }
     };
     let _ = tokio::time::timeout(DRAIN_TIME, discard).await;
+}
+
+/// The JSON refusal every push endpoint answers with:
+/// `{"ok": false, "error": <stable code>, "message": <for the integrator>}`,
+/// with `Retry-After` when the store is down so the sender retries later.
+pub fn error_reply(status: StatusCode, code: &str, message: String, store_down: bool) -> Response {
+    let body = serde_json::json!({"ok": false, "error": code, "message": message});
+    let mut response = (status, axum::Json(body)).into_response();
+    if store_down {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    }
+    response
 }
 
 #[cfg(test)]

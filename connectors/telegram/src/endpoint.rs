@@ -16,10 +16,10 @@ use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use chrono::Utc;
-use http::{HeaderValue, Method, StatusCode, header};
+use http::{HeaderValue, Method, StatusCode};
 use leadgate_connector::body::{BodyError, read_bounded};
 use leadgate_connector::{Disposition, LiveChannels, Sink, SinkError};
-use serde_json::{Value, json};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -119,17 +119,12 @@ pub fn router(state: TelegramState) -> Router {
 }
 
 fn error_response(err: &TelegramError) -> Response {
-    let mut response = (
+    leadgate_connector::body::error_reply(
         err.status(),
-        axum::Json(json!({"ok": false, "error": err.code(), "message": err.to_string()})),
+        err.code(),
+        err.to_string(),
+        matches!(err, TelegramError::Unavailable),
     )
-        .into_response();
-    if matches!(err, TelegramError::Unavailable) {
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-    }
-    response
 }
 
 async fn deliver(

@@ -10,7 +10,6 @@ use chrono::Utc;
 use http::{HeaderValue, StatusCode, header};
 use leadgate_connector::body::{BodyError, read_bounded};
 use leadgate_connector::{LiveChannels, Sink, SinkError};
-use serde_json::json;
 
 use crate::config::TelephonyChannel;
 use crate::error::TelephonyError;
@@ -69,17 +68,12 @@ pub fn router(state: TelephonyState) -> Router {
 }
 
 fn error_response(err: &TelephonyError) -> Response {
-    let mut response = (
+    leadgate_connector::body::error_reply(
         err.status(),
-        axum::Json(json!({"ok": false, "error": err.code(), "message": err.to_string()})),
+        err.code(),
+        err.to_string(),
+        matches!(err, TelephonyError::Unavailable),
     )
-        .into_response();
-    if matches!(err, TelephonyError::Unavailable) {
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-    }
-    response
 }
 
 async fn at_base(

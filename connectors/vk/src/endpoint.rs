@@ -13,7 +13,7 @@ use chrono::Utc;
 use http::{HeaderValue, StatusCode, header};
 use leadgate_connector::body::{BodyError, read_bounded};
 use leadgate_connector::{LiveChannels, Sink, SinkError};
-use serde_json::{Value, json};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -83,17 +83,12 @@ pub fn router(state: VkState) -> Router {
 }
 
 fn error_response(err: &VkError) -> Response {
-    let mut response = (
+    leadgate_connector::body::error_reply(
         err.status(),
-        axum::Json(json!({"ok": false, "error": err.code(), "message": err.to_string()})),
+        err.code(),
+        err.to_string(),
+        matches!(err, VkError::Unavailable),
     )
-        .into_response();
-    if matches!(err, VkError::Unavailable) {
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-    }
-    response
 }
 
 /// VK reads the answer as plain text: `ok`, or the confirmation string.

@@ -20,7 +20,7 @@ fn now() -> DateTime<Utc> {
 
 /// Parsers keep the payload as `raw` and read text out of it: nothing may
 /// come out larger than what went in, give or take escapes and a line of
-/// text (an update with `\uXXXX` escapes decodes shorter, never longer).
+/// text (an update with `\u0436`-style escapes decodes shorter, never longer).
 fn assert_bounded(inbound: &Inbound, input: usize) {
     let produced = inbound.text.as_ref().map_or(0, String::len)
         + inbound.subject.as_ref().map_or(0, String::len)
