@@ -15,62 +15,26 @@
 //! SQLite in a temp directory (`LEADGATE_BENCH_DIR` to choose its parent),
 //! log level `warn`. The daemon is killed if this process dies.
 
+mod common;
 #[allow(dead_code)]
 #[path = "../tests/support/telegram.rs"]
 mod fake;
 
-use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, ExitCode, Stdio};
-use std::str::FromStr;
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
+use common::{Daemon, env_num, free_port, percentile, spawn_daemon, write_base_config};
 use fake::{FakeBotApi, TOKEN};
 use serde_json::{Value, json};
 
 const SECRET: &str = "bench_secret";
 
-fn env_num<T: FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(default)
-}
-
-struct Daemon {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
-}
-
 fn start_daemon(dir: &std::path::Path, api: &FakeBotApi) -> anyhow::Result<Daemon> {
     let port = free_port()?;
-    std::fs::create_dir_all(dir.join("channels.d"))?;
-    std::fs::write(
-        dir.join("leadgate.toml"),
-        format!(
-            "[database]\nurl = \"sqlite://{}/leads.db\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n[log]\nformat = \"plain\"\nlevel = \"warn\"\n",
-            dir.display()
-        ),
-    )?;
-    std::fs::write(
-        dir.join("team.toml"),
-        "[users.olga]\nname = \"Olga\"\n[roles.sales]\nmembers = [\"olga\"]\n",
-    )?;
-    std::fs::write(dir.join("routing.toml"), "default = \"role:sales\"\n")?;
+    write_base_config(dir, port)?;
     std::fs::write(dir.join("bot.token"), TOKEN)?;
     let common = format!(
         "kind = \"telegram\"\n[telegram]\ntoken_file = \"bot.token\"\napi_url = \"{}\"\n",
@@ -84,32 +48,7 @@ fn start_daemon(dir: &std::path::Path, api: &FakeBotApi) -> anyhow::Result<Daemo
         dir.join("channels.d/hook.toml"),
         format!("{common}mode = \"webhook\"\nwebhook_secret = \"{SECRET}\"\n"),
     )?;
-    let log = std::fs::File::create(dir.join("daemon.log"))?;
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_leadgate"));
-    cmd.arg("--config")
-        .arg(dir)
-        .arg("run")
-        .stdout(Stdio::null())
-        .stderr(log);
-    // SAFETY: prctl is async-signal-safe; nothing else runs in the child.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let child = cmd.spawn().context("start leadgate")?;
-    let daemon = Daemon { child, port };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > deadline {
-            bail!("the daemon did not listen within 30 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(daemon)
+    spawn_daemon(dir, port)
 }
 
 fn update(n: u64, channel_offset: u64) -> Value {
@@ -119,14 +58,6 @@ fn update(n: u64, channel_offset: u64) -> Value {
         "from": {"id": user, "is_bot": false, "first_name": "Клиент", "last_name": format!("№{n}")},
         "chat": {"id": user, "type": "private", "first_name": "Клиент"},
         "text": format!("Здравствуйте, хочу заказать, заявка {n}")}})
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i].as_secs_f64() * 1000.0
 }
 
 async fn latency(api: &FakeBotApi, db: &sqlx::SqlitePool) -> anyhow::Result<()> {

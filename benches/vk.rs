@@ -17,62 +17,26 @@
 //! SQLite in a temp directory (`LEADGATE_BENCH_DIR` to choose its parent),
 //! log level `warn`. The daemon is killed if this process dies.
 
+mod common;
 #[allow(dead_code)]
 #[path = "../tests/support/vk.rs"]
 mod fake;
 
-use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, ExitCode, Stdio};
-use std::str::FromStr;
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
+use common::{Daemon, env_num, free_port, percentile, spawn_daemon, write_base_config};
 use fake::{FakeVk, GROUP_ID, TOKEN, message_new};
 use serde_json::json;
 
 const SECRET: &str = "bench_secret";
 
-fn env_num<T: FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(default)
-}
-
-struct Daemon {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
-}
-
 fn start_daemon(dir: &std::path::Path, api: &FakeVk) -> anyhow::Result<Daemon> {
     let port = free_port()?;
-    std::fs::create_dir_all(dir.join("channels.d"))?;
-    std::fs::write(
-        dir.join("leadgate.toml"),
-        format!(
-            "[database]\nurl = \"sqlite://{}/leads.db\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n[log]\nformat = \"plain\"\nlevel = \"warn\"\n",
-            dir.display()
-        ),
-    )?;
-    std::fs::write(
-        dir.join("team.toml"),
-        "[users.olga]\nname = \"Olga\"\n[roles.sales]\nmembers = [\"olga\"]\n",
-    )?;
-    std::fs::write(dir.join("routing.toml"), "default = \"role:sales\"\n")?;
+    write_base_config(dir, port)?;
     std::fs::write(dir.join("vk.token"), TOKEN)?;
     let common = format!(
         "kind = \"vk\"\n[vk]\ngroup_id = {GROUP_ID}\ntoken_file = \"vk.token\"\napi_url = \"{}\"\n",
@@ -88,40 +52,7 @@ fn start_daemon(dir: &std::path::Path, api: &FakeVk) -> anyhow::Result<Daemon> {
             "{common}mode = \"callback\"\nconfirmation = \"c0nf1rm\"\nsecret = \"{SECRET}\"\nfetch_names = false\n"
         ),
     )?;
-    let log = std::fs::File::create(dir.join("daemon.log"))?;
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_leadgate"));
-    cmd.arg("--config")
-        .arg(dir)
-        .arg("run")
-        .stdout(Stdio::null())
-        .stderr(log);
-    // SAFETY: prctl is async-signal-safe; nothing else runs in the child.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let child = cmd.spawn().context("start leadgate")?;
-    let daemon = Daemon { child, port };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > deadline {
-            bail!("the daemon did not listen within 30 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(daemon)
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i].as_secs_f64() * 1000.0
+    spawn_daemon(dir, port)
 }
 
 async fn latency(api: &FakeVk, db: &sqlx::SqlitePool) -> anyhow::Result<()> {
