@@ -5,6 +5,9 @@ use clap::{Parser, Subcommand};
 use leadgate::config::{self, Config};
 use leadgate::{daemon, logging};
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Omnichannel lead ingestion: channels in, normalized routed leads out.
 #[derive(Parser)]
 #[command(name = "leadgate", version)]

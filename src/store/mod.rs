@@ -120,7 +120,10 @@ impl Store {
                     SyncSetting::Normal => SqliteSynchronous::Normal,
                 })
                 .busy_timeout(Duration::from_secs(5))
-                .foreign_keys(true);
+                .foreign_keys(true)
+                // A multi-row INSERT keeps a statement journal so it can
+                // roll back alone; on disk that cost a write per page.
+                .pragma("temp_store", "memory");
             if let Some(dir) = opts.get_filename().parent()
                 && !dir.as_os_str().is_empty()
                 && !dir.exists()

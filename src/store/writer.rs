@@ -56,7 +56,31 @@ impl WriterHandle {
 /// queue is drained, so in-flight work is committed on shutdown.
 pub fn spawn(store: Store, max_batch: usize) -> (WriterHandle, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(max_batch.max(64) * 4);
-    let task = tokio::spawn(run(store, rx, max_batch.max(1)));
+    // The writer gets a thread of its own: on the shared runtime each of a
+    // commit's dozen round trips to the database waited behind the request
+    // handlers in the run queue, which made the one serial part of the
+    // daemon slower the busier it was.
+    let (stopped, on_stop) = oneshot::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name("leadgate-writer".into())
+        .spawn(move || {
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime.block_on(run(store, rx, max_batch.max(1))),
+                // Dropping `rx` makes every write fail with ShuttingDown, so
+                // the daemon stops instead of accepting what it cannot store.
+                Err(e) => tracing::error!(error = %e, "cannot start the writer's runtime"),
+            }
+            drop(stopped);
+        });
+    if let Err(e) = thread {
+        tracing::error!(error = %e, "cannot start the writer thread");
+    }
+    let task = tokio::spawn(async move {
+        let _ = on_stop.await;
+    });
     (WriterHandle { tx }, task)
 }
 
