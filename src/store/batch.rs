@@ -15,14 +15,17 @@
 //! Rows get explicit ids from [`Tx::allocate_ids`] so an item's receipt and
 //! a later duplicate of it can name them before they are inserted.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use chrono::{DateTime, Utc};
-use leadgate_connector::{Dedupe, Disposition, Receipt};
+use leadgate_connector::{
+    CallDirection, CallPhase, Dedupe, Disposition, IdentityKind, Receipt, fields,
+};
 
 use super::assign::{Assigner, Assignment};
-use super::tx::{NewInbound, NewLead, Tx};
+use super::tx::{NewCall, NewInbound, NewLead, StoredCall, Tx};
 use super::writer::{apply, inbound_row, new_lead, receipt};
+use crate::calls::CallRecord;
 use crate::pipeline::Prepared;
 
 type R<T> = sqlx::Result<T>;
@@ -44,7 +47,7 @@ pub(super) async fn apply_all<T: Tx>(
     let mut receipts = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
         state.remaining = items.len() - i;
-        let decided = match state.known.plan(item) {
+        let decided = match state.known.plan(item, now) {
             Plan::Complex => {
                 pending.flush(tx, &mut state).await?;
                 let applied = apply(tx, item, &mut state).await?;
@@ -67,7 +70,7 @@ pub(super) async fn apply_all<T: Tx>(
                     .push((id, item, disposition, reason, lead, None));
                 r
             }
-            Plan::NewLead { new_contact } => {
+            Plan::NewLead { new_contact, call } => {
                 let contact = match new_contact {
                     true => Some(state.ids.take(tx, Table::Contacts, state.remaining).await?),
                     false => None,
@@ -84,6 +87,17 @@ pub(super) async fn apply_all<T: Tx>(
                 state.known.learn(item, &r, contact);
                 if let Some(contact) = contact {
                     pending.contacts.push((contact, item));
+                }
+                if let Some(record) = call {
+                    pending.calls.push((
+                        item,
+                        StoredCall {
+                            id: 0,
+                            lead: Some(lead),
+                            contact,
+                            record,
+                        },
+                    ));
                 }
                 pending.leads.push((lead, item, contact, assignment));
                 pending.rows.push((
@@ -159,7 +173,11 @@ enum Plan {
         lead: Option<i64>,
     },
     /// A new lead; its sender is a new contact unless it gave no identity.
-    NewLead { new_contact: bool },
+    /// The first event of a new incoming call brings the call's record.
+    NewLead {
+        new_contact: bool,
+        call: Option<CallRecord>,
+    },
     /// Needs rows this module does not preload.
     Complex,
 }
@@ -171,6 +189,8 @@ struct Known {
     refs: HashMap<(String, String), (i64, Option<i64>)>,
     contents: HashMap<(String, String), Sightings>,
     identities: HashMap<(String, String), i64>,
+    /// `(channel, call_id)` of the calls stored or being stored.
+    calls: HashSet<(String, String)>,
 }
 
 impl Known {
@@ -209,17 +229,40 @@ impl Known {
                 known.identities.insert((kind, value), contact);
             }
         }
+        let calls: Vec<(&str, &str)> = items
+            .iter()
+            .filter_map(|i| {
+                Some((
+                    i.inbound.channel.as_str(),
+                    i.inbound.call.as_ref()?.call_id.as_str(),
+                ))
+            })
+            .collect();
+        if !calls.is_empty() {
+            known.calls.extend(tx.find_calls(&calls).await?);
+        }
         Ok(known)
     }
 
     /// Decide an item as `writer::apply` would, where that needs only the
     /// preloaded rows.
-    fn plan(&self, item: &Prepared) -> Plan {
+    fn plan(&self, item: &Prepared, now: DateTime<Utc>) -> Plan {
         let inbound = &item.inbound;
-        if inbound.call.is_some() || !inbound.thread_refs.is_empty() {
+        let channel = inbound.channel.as_str();
+        if !inbound.thread_refs.is_empty() {
             return Plan::Complex;
         }
-        let channel = inbound.channel.as_str();
+        // Only the first event of a new incoming call is decided here; a
+        // known call, a call out and a recording read the calls table.
+        if let Some(event) = &inbound.call
+            && (event.direction == CallDirection::Outbound
+                || event.phase == CallPhase::Recording
+                || self
+                    .calls
+                    .contains(&(channel.to_owned(), event.call_id.clone())))
+        {
+            return Plan::Complex;
+        }
         if inbound.dedupe == Dedupe::SourceRef
             && let Some(&(id, lead)) = self
                 .refs
@@ -252,11 +295,26 @@ impl Known {
             self.identities
                 .contains_key(&(k.as_str().to_owned(), v.clone()))
         });
-        match any_known {
-            false => Plan::NewLead {
-                new_contact: !item.identities.is_empty(),
-            },
-            true => Plan::Complex,
+        if any_known {
+            return Plan::Complex;
+        }
+        let call = inbound.call.as_ref().map(|event| {
+            let mut record = CallRecord::new(event.direction);
+            record.merge(
+                event,
+                item.fields.get(fields::CALLED_LINE).map(String::as_str),
+                now,
+            );
+            record
+        });
+        // A call already over and missed flags its lead: the
+        // item-by-item path does that.
+        if call.as_ref().is_some_and(CallRecord::missed) {
+            return Plan::Complex;
+        }
+        Plan::NewLead {
+            new_contact: !item.identities.is_empty(),
+            call,
         }
     }
 
@@ -277,6 +335,10 @@ impl Known {
                 .or_default()
                 .push((receipt.inbound_id, receipt.lead_id, inbound.received_at));
         }
+        if let Some(event) = &inbound.call {
+            self.calls
+                .insert((channel.to_owned(), event.call_id.clone()));
+        }
         if let Some(contact) = contact {
             for (k, v) in &item.identities {
                 self.identities
@@ -296,6 +358,7 @@ type Sightings = Vec<(i64, Option<i64>, DateTime<Utc>)>;
 struct Pending<'a> {
     contacts: Vec<(i64, &'a Prepared)>,
     leads: Vec<(i64, &'a Prepared, Option<i64>, Assignment)>,
+    calls: Vec<(&'a Prepared, StoredCall)>,
     rows: Vec<PendingRow<'a>>,
 }
 
@@ -339,6 +402,21 @@ impl Pending<'_> {
             tx.insert_leads(&leads).await?;
             let ids: Vec<i64> = self.leads.iter().map(|l| l.0).collect();
             tx.announce_leads(&ids).await?;
+        }
+        if !self.calls.is_empty() {
+            let calls: Vec<NewCall<'_>> = self
+                .calls
+                .drain(..)
+                .filter_map(|(item, call)| {
+                    Some(NewCall {
+                        channel: item.inbound.channel.as_str(),
+                        call_id: item.inbound.call.as_ref()?.call_id.as_str(),
+                        call,
+                        client_phone: item.first(IdentityKind::Phone),
+                    })
+                })
+                .collect();
+            tx.insert_calls(&calls, now).await?;
         }
         if !self.rows.is_empty() {
             let rows: Vec<(i64, NewInbound<'_>)> = self

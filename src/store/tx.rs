@@ -18,6 +18,14 @@ pub struct StoredCall {
     pub record: CallRecord,
 }
 
+/// A new row of `calls`.
+pub struct NewCall<'a> {
+    pub channel: &'a str,
+    pub call_id: &'a str,
+    pub call: StoredCall,
+    pub client_phone: Option<&'a str>,
+}
+
 /// A new row of `leads`.
 pub struct NewLead<'a> {
     pub now: DateTime<Utc>,
@@ -179,6 +187,17 @@ pub trait Tx: Send + super::assign::AssignTx {
         client_phone: Option<&str>,
         now: DateTime<Utc>,
     ) -> impl Future<Output = R<i64>> + Send;
+    /// Which of these `(channel, call_id)` calls are stored, in one query.
+    fn find_calls(
+        &mut self,
+        keys: &[(&str, &str)],
+    ) -> impl Future<Output = R<Vec<(String, String)>>> + Send;
+    /// Insert the first records of several calls in one statement.
+    fn insert_calls(
+        &mut self,
+        calls: &[NewCall<'_>],
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = R<()>> + Send;
     fn update_call(
         &mut self,
         call: &StoredCall,
@@ -209,6 +228,7 @@ pub trait Tx: Send + super::assign::AssignTx {
 const MAX_PARAMS: usize = 30_000;
 const LEAD_COLUMNS: usize = 27;
 const INBOUND_COLUMNS: usize = 19;
+const CALL_COLUMNS: usize = 19;
 
 /// How a dialect writes the `n`-th (1-based) bind parameter of a long,
 /// generated statement. SQLite gets anonymous `?`: sqlx binds numbered
@@ -675,6 +695,64 @@ macro_rules! impl_tx {
                 .bind(now)
                 .fetch_one(&mut *self)
                 .await
+            }
+
+            async fn find_calls(&mut self, keys: &[(&str, &str)]) -> R<Vec<(String, String)>> {
+                let mut found = Vec::new();
+                for chunk in keys.chunks(MAX_PARAMS / 2) {
+                    let sql = format!(
+                        "SELECT channel_id, call_id FROM calls WHERE {}",
+                        pairs_sql($placeholder, "channel_id", "call_id", chunk.len(), 0)
+                    );
+                    let mut q = sqlx::query(&sql);
+                    for (a, b) in chunk {
+                        q = q.bind(*a).bind(*b);
+                    }
+                    for r in q.fetch_all(&mut *self).await? {
+                        found.push((r.try_get(0)?, r.try_get(1)?));
+                    }
+                }
+                Ok(found)
+            }
+
+            async fn insert_calls(&mut self, calls: &[NewCall<'_>], now: DateTime<Utc>) -> R<()> {
+                for chunk in calls.chunks(MAX_PARAMS / CALL_COLUMNS) {
+                    let sql = values_sql(
+                        $placeholder,
+                        "INSERT INTO calls (channel_id, call_id, direction, lead_id, contact_id, client_phone, line, \
+                         extension, started_at, answered_at, ended_at, answered, missed, talk_seconds, wait_seconds, \
+                         end_reason, recording, events, updated_at) VALUES ",
+                        chunk.len(),
+                        CALL_COLUMNS,
+                        "",
+                    );
+                    let mut q = sqlx::query(&sql);
+                    for n in chunk {
+                        let c = &n.call.record;
+                        q = q
+                            .bind(n.channel)
+                            .bind(n.call_id)
+                            .bind(direction_str(c.direction))
+                            .bind(n.call.lead)
+                            .bind(n.call.contact)
+                            .bind(n.client_phone)
+                            .bind(c.line.as_deref())
+                            .bind(c.extension.as_deref())
+                            .bind(c.started_at)
+                            .bind(c.answered_at)
+                            .bind(c.ended_at)
+                            .bind(c.answered)
+                            .bind(c.missed())
+                            .bind(c.talk_seconds)
+                            .bind(c.wait_seconds())
+                            .bind(c.end_reason.as_deref())
+                            .bind(c.recording.as_deref())
+                            .bind(c.events)
+                            .bind(now);
+                    }
+                    q.execute(&mut *self).await?;
+                }
+                Ok(())
             }
 
             async fn update_call(&mut self, call: &StoredCall, now: DateTime<Utc>) -> R<()> {
