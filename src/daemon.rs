@@ -153,6 +153,10 @@ pub async fn run(config_dir: &Path, config: Config) -> anyhow::Result<()> {
             tokio::spawn(store::sweep_timers(store.clone(), pipeline.clone(), held));
         })
     });
+    // Notifications go out from every instance: each outbox row is claimed
+    // by one sender before it is sent.
+    let outbox = crate::notify::Notifier::new(store.clone(), config.notify.clone());
+    let delivery = tokio::spawn(crate::notify::deliver(outbox.clone(), shutdown.clone()));
     let notifier = Arc::new(crate::systemd::Notifier::from_env());
     let channels_running = config.channels.iter().filter(|c| c.enabled).count();
     notifier.notify(&format!(
@@ -196,6 +200,7 @@ pub async fn run(config_dir: &Path, config: Config) -> anyhow::Result<()> {
                     vk.set_channels(vk_channels(&new));
                     telegram.set_channels(telegram_channels(&new));
                     pollers.apply(&new).await;
+                    outbox.replace(new.notify.clone());
                     tracing::info!(channels = new.channels.len(), "configuration reloaded");
                     notifier.notify(&format!("STATUS=reloaded: serving {} channel(s)", new.channels.iter().filter(|c| c.enabled).count()));
                 }
@@ -213,6 +218,7 @@ pub async fn run(config_dir: &Path, config: Config) -> anyhow::Result<()> {
     notifier.notify("STOPPING=1\nSTATUS=stopping: finishing requests in flight");
     shutdown.cancel();
     timers.await.ok();
+    delivery.await.ok();
     match server.await {
         Ok(Err(e)) => tracing::error!(error = %e, "HTTP server stopped with an error"),
         Err(e) => tracing::error!(error = %e, "HTTP server task failed"),

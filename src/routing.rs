@@ -61,6 +61,12 @@ impl Strategy {
             Strategy::LeastLoaded => "least_loaded",
         }
     }
+
+    pub fn parse(s: &str) -> Option<Strategy> {
+        [Strategy::RoundRobin, Strategy::LeastLoaded]
+            .into_iter()
+            .find(|x| x.as_str() == s)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -71,6 +77,17 @@ pub struct User {
     /// An inactive user keeps their leads but gets no new ones.
     #[serde(default = "active_default")]
     pub active: bool,
+    /// Their chat with the notifier bot (they send it /start first).
+    #[serde(default)]
+    pub telegram_chat_id: Option<i64>,
+    /// Transports they asked for (`notify = ["telegram"]`); unset: every
+    /// enabled one they have an address for.
+    #[serde(default)]
+    pub notify_via: Option<Vec<String>>,
+    /// Where their notifications go, resolved against `[notify]` when the
+    /// configuration is loaded: `(transport, chat id or address)`.
+    #[serde(skip)]
+    pub notify: Vec<(crate::notify::Transport, String)>,
 }
 
 fn active_default() -> bool {
@@ -93,6 +110,9 @@ pub struct TeamConfig {
     pub roles: BTreeMap<String, Role>,
     /// When each user works, their absences and caps.
     pub calendars: crate::assign::Calendars,
+    /// Users told when a lead is flagged for a supervisor
+    /// (`notify.supervisors`).
+    pub supervisors: Vec<String>,
 }
 
 impl TeamConfig {

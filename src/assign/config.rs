@@ -68,6 +68,10 @@ pub struct UserFile {
     #[serde(default)]
     absences: Vec<Spanned<AbsenceFile>>,
     max_open_leads: Option<Spanned<u32>>,
+    /// The chat id of the user's private chat with the notifier bot.
+    telegram_chat_id: Option<i64>,
+    /// `["telegram", "email"]`: how the user wants to be told.
+    notify: Option<Vec<String>>,
 }
 
 fn yes() -> bool {
@@ -185,6 +189,9 @@ pub fn build(
                 name: f.name.clone(),
                 email: f.email.clone(),
                 active: f.active,
+                telegram_chat_id: f.telegram_chat_id,
+                notify_via: f.notify.clone(),
+                notify: Vec::new(),
             },
         );
         let tz = f

@@ -91,32 +91,38 @@ pub struct Escalation {
     pub user: Option<String>,
     pub role: Option<String>,
     pub note: String,
+    /// The pool's new round-robin counter, when the pick used a turn.
+    pub turn: Option<i64>,
 }
 
 /// The named target if any (a user gets it even off shift: it is who the
-/// admin chose for exactly this), else the least-loaded other member of the
-/// lead's role who can take it now.
+/// admin chose for exactly this), else another member of the lead's role
+/// who can take it now: by `pool` (the strategy the rule chose for the
+/// pool, with the pool's round-robin `turn`), least-loaded without one.
 pub fn escalate(
     team: &TeamConfig,
     holder: Option<&str>,
     role: Option<&str>,
     target: Option<&Assignee>,
+    pool: (Option<Strategy>, i64),
     now: DateTime<Utc>,
     load: &dyn Fn(&str) -> Load,
 ) -> Escalation {
+    let (strategy, turn) = pool;
     let target = target.map(|t| match t {
         Assignee::User(u) => Assignee::User(u.clone()),
         Assignee::Role(r) => Assignee::Role(r.clone()),
     });
     let (route, after_hours) = match (target.as_ref(), role) {
         (Some(Assignee::User(u)), _) => (Route::User(u.clone()), AfterHours::User(u.clone())),
-        (Some(Assignee::Role(r)), _) => role_route(team, r, holder),
-        (None, Some(r)) => role_route(team, r, holder),
+        (Some(Assignee::Role(r)), _) => role_route(team, r, holder, strategy),
+        (None, Some(r)) => role_route(team, r, holder, strategy),
         (None, None) => {
             return Escalation {
                 user: None,
                 role: None,
                 note: "no escalation target and no role to pick the next person from".into(),
+                turn: None,
             };
         }
     };
@@ -131,7 +137,7 @@ pub fn escalate(
             route: &route,
             policy: &policy,
             previous_owner: None,
-            turn: 0,
+            turn,
             now,
         },
         load,
@@ -142,16 +148,23 @@ pub fn escalate(
             user: Some(user),
             role,
             note: outcome.note,
+            turn: outcome.turn,
         },
         _ => Escalation {
             user: None,
             role: None,
             note: format!("nobody else can take it now ({})", outcome.note),
+            turn: None,
         },
     }
 }
 
-fn role_route(team: &TeamConfig, role: &str, holder: Option<&str>) -> (Route, AfterHours) {
+fn role_route(
+    team: &TeamConfig,
+    role: &str,
+    holder: Option<&str>,
+    strategy: Option<Strategy>,
+) -> (Route, AfterHours) {
     let members = team
         .active_members(role)
         .into_iter()
@@ -161,7 +174,7 @@ fn role_route(team: &TeamConfig, role: &str, holder: Option<&str>) -> (Route, Af
     let route = Route::Role {
         role: role.to_owned(),
         members,
-        strategy: Strategy::LeastLoaded,
+        strategy: strategy.unwrap_or(Strategy::LeastLoaded),
     };
     (route, AfterHours::Queue)
 }

@@ -168,7 +168,11 @@ pub fn load(dir: &Path) -> Result<Config, ConfigError> {
     // Secret files (`*_file`) are named relative to the configuration folder.
     leadgate_connector::set_secret_base_dir(dir);
     let main = load_main(&mut l, &dir.join(MAIN_FILE));
-    let team = load_team(&mut l, &dir.join(TEAM_FILE));
+    let mut team = load_team(&mut l, &dir.join(TEAM_FILE));
+    let notify = main
+        .as_ref()
+        .map(|m| load_notify(&mut l, dir, m, &mut team))
+        .unwrap_or_default();
     let routing = load_routing(&mut l, &dir.join(ROUTING_FILE), &team);
     let channels = load_channels(&mut l, &dir.join(CHANNELS_DIR), &team, main.as_ref());
     if let Some(main) = &main
@@ -183,6 +187,7 @@ pub fn load(dir: &Path) -> Result<Config, ConfigError> {
             channels,
             team,
             routing,
+            notify: std::sync::Arc::new(notify),
         }),
         _ => Err(ConfigError {
             problems: l.into_problems(dir),
@@ -251,6 +256,106 @@ fn load_main(l: &mut Loader, path: &Path) -> Option<MainConfig> {
         );
     }
     Some(main)
+}
+
+/// `[notify]` of the main file, and where each user of `team.toml` is told
+/// (their `telegram_chat_id`, `email` and `notify` against the transports
+/// `[notify]` enables).
+fn load_notify(
+    l: &mut Loader,
+    dir: &Path,
+    main: &MainConfig,
+    team: &mut TeamConfig,
+) -> crate::notify::NotifySettings {
+    use crate::notify::Transport;
+    let main_path = dir.join(MAIN_FILE);
+    let team_path = dir.join(TEAM_FILE);
+    let settings = match main.notify.resolve() {
+        Ok(s) => s,
+        Err(problems) => {
+            for (field, message) in problems {
+                l.problem(&main_path, Some(&field), message);
+            }
+            crate::notify::NotifySettings::default()
+        }
+    };
+    for (i, name) in main.notify.supervisors.iter().enumerate() {
+        if !team.users.contains_key(name) {
+            l.problem(
+                &main_path,
+                Some(&format!("notify.supervisors[{i}]")),
+                format!("unknown user {name:?} (define it under [users.{name}] in {TEAM_FILE})"),
+            );
+        }
+    }
+    team.supervisors = main.notify.supervisors.clone();
+    // By the tables present, so a mistake inside [notify.telegram] is not
+    // also reported as every user's "telegram is not enabled".
+    let enabled = |t: Transport| match t {
+        Transport::Telegram => main.notify.telegram.is_some(),
+        Transport::Email => main.notify.email.is_some(),
+    };
+    for (name, user) in team.users.iter_mut() {
+        let address = |t: Transport| match t {
+            Transport::Telegram => user.telegram_chat_id.map(|id| id.to_string()),
+            Transport::Email => user.email.clone(),
+        };
+        if let Some(email) = &user.email
+            && email.parse::<lettre::Address>().is_err()
+        {
+            l.problem(
+                &team_path,
+                Some(&format!("users.{name}.email")),
+                format!("{email:?} is not an e-mail address"),
+            );
+        }
+        let mut via = Vec::new();
+        match &user.notify_via {
+            None => via.extend(
+                Transport::ALL
+                    .into_iter()
+                    .filter(|t| enabled(*t) && address(*t).is_some()),
+            ),
+            Some(list) => {
+                for item in list {
+                    let field = format!("users.{name}.notify");
+                    let Some(t) = Transport::parse(item) else {
+                        l.problem(
+                            &team_path,
+                            Some(&field),
+                            format!("unknown transport {item:?}; use \"telegram\" or \"email\""),
+                        );
+                        continue;
+                    };
+                    if !enabled(t) {
+                        l.problem(
+                            &team_path,
+                            Some(&field),
+                            format!("{item:?} is not enabled: add [notify.{item}] to {MAIN_FILE}"),
+                        );
+                    } else if address(t).is_none() {
+                        let missing = match t {
+                            Transport::Telegram => "telegram_chat_id",
+                            Transport::Email => "email",
+                        };
+                        l.problem(
+                            &team_path,
+                            Some(&field),
+                            format!("{item:?} needs users.{name}.{missing}"),
+                        );
+                    } else if !via.contains(&t) {
+                        via.push(t);
+                    }
+                }
+            }
+        }
+        let resolved: Vec<(Transport, String)> = via
+            .into_iter()
+            .filter_map(|t| Some((t, address(t)?)))
+            .collect();
+        user.notify = resolved;
+    }
+    settings
 }
 
 pub fn phone_region(code: &str) -> Option<phonenumber::country::Id> {
@@ -336,6 +441,7 @@ fn load_team(l: &mut Loader, path: &Path) -> TeamConfig {
         users,
         roles,
         calendars,
+        supervisors: Vec::new(),
     }
 }
 

@@ -93,6 +93,8 @@ pub struct Config {
     pub channels: Vec<ChannelConfig>,
     pub team: TeamConfig,
     pub routing: RoutingConfig,
+    /// `[notify]` resolved: transports with their secrets, templates.
+    pub notify: std::sync::Arc<crate::notify::NotifySettings>,
 }
 
 impl Config {
@@ -109,6 +111,8 @@ pub struct MainConfig {
     pub log: LogConfig,
     pub pipeline: PipelineConfig,
     pub instance: InstanceConfig,
+    /// Telling salespeople about their leads (Telegram, e-mail).
+    pub notify: crate::notify::NotifyConfig,
 }
 
 /// Who this instance is when several share one database.

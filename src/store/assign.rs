@@ -88,11 +88,104 @@ pub(crate) trait AssignTx: Send {
         lead: i64,
         until: Option<DateTime<Utc>>,
     ) -> impl Future<Output = R<()>> + Send;
+    /// Queue notifications in the outbox; one already queued for the same
+    /// (event, recipient, transport) is left as it is.
+    fn insert_notices(
+        &mut self,
+        notices: &[Notice],
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = R<()>> + Send;
 }
 
+/// A row of the `notifications` outbox.
+#[derive(Debug, Clone)]
+pub(crate) struct Notice {
+    /// Names the event once: `lead:<id>:assigned`, `timer:<id>:<due>`.
+    pub event_key: String,
+    pub lead: i64,
+    pub event: &'static str,
+    pub recipient: String,
+    pub transport: &'static str,
+    pub address: String,
+    pub note: Option<String>,
+}
+
+/// One notice per transport by which `user` is told (none for a user
+/// without addresses, or with notifications off).
+pub(crate) fn notices_for(
+    team: &crate::routing::TeamConfig,
+    user: &str,
+    lead: i64,
+    event: &'static str,
+    event_key: &str,
+    note: Option<&str>,
+) -> Vec<Notice> {
+    let Some(u) = team.users.get(user) else {
+        return Vec::new();
+    };
+    u.notify
+        .iter()
+        .map(|(t, address)| Notice {
+            event_key: event_key.to_owned(),
+            lead,
+            event,
+            recipient: user.to_owned(),
+            transport: t.as_str(),
+            address: address.clone(),
+            note: note.map(str::to_owned),
+        })
+        .collect()
+}
+
+/// Outbox columns per row in [`AssignTx::insert_notices`].
+const NOTICE_COLUMNS: usize = 9;
+
 macro_rules! impl_assign_tx {
-    ($conn:ty) => {
+    ($conn:ty, $anonymous:expr) => {
         impl AssignTx for $conn {
+            async fn insert_notices(&mut self, notices: &[Notice], now: DateTime<Utc>) -> R<()> {
+                // Rows per statement: well under both databases' parameter
+                // limits.
+                for chunk in notices.chunks(1_000) {
+                    let mut n = 0;
+                    let rows: Vec<String> = chunk
+                        .iter()
+                        .map(|_| {
+                            let cols: Vec<String> = (0..NOTICE_COLUMNS)
+                                .map(|_| {
+                                    n += 1;
+                                    // SQLite looks numbered parameters up by
+                                    // name, quadratic in a long statement.
+                                    if $anonymous { "?".to_owned() } else { format!("${n}") }
+                                })
+                                .collect();
+                            format!("({})", cols.join(", "))
+                        })
+                        .collect();
+                    let sql = format!(
+                        "INSERT INTO notifications (event_key, lead_id, event, recipient, transport, address, note, \
+                         created_at, next_attempt_at) VALUES {} \
+                         ON CONFLICT (event_key, recipient, transport) DO NOTHING",
+                        rows.join(", ")
+                    );
+                    let mut q = sqlx::query(&sql);
+                    for x in chunk {
+                        q = q
+                            .bind(x.event_key.as_str())
+                            .bind(x.lead)
+                            .bind(x.event)
+                            .bind(x.recipient.as_str())
+                            .bind(x.transport)
+                            .bind(x.address.as_str())
+                            .bind(x.note.as_deref())
+                            .bind(now)
+                            .bind(now);
+                    }
+                    q.execute(&mut *self).await?;
+                }
+                Ok(())
+            }
+
             async fn previous_owner(&mut self, ids: &[(&str, &str)], since: DateTime<Utc>) -> R<Option<String>> {
                 if ids.is_empty() {
                     return Ok(None);
@@ -214,8 +307,8 @@ macro_rules! impl_assign_tx {
     };
 }
 
-impl_assign_tx!(sqlx::SqliteConnection);
-impl_assign_tx!(sqlx::PgConnection);
+impl_assign_tx!(sqlx::SqliteConnection, true);
+impl_assign_tx!(sqlx::PgConnection, false);
 
 /// Round-robin turns and open-lead counts for the transaction.
 #[derive(Default)]
@@ -232,6 +325,8 @@ pub(super) struct Assigner {
     /// Response deadlines of leads whose rows are not inserted yet.
     /// `(lead, due, escalation target)`.
     deadlines: Vec<(i64, DateTime<Utc>, Option<String>)>,
+    /// Notifications of leads whose rows are not inserted yet.
+    notices: Vec<Notice>,
 }
 
 impl Assigner {
@@ -343,11 +438,18 @@ impl Assigner {
         item: &Prepared,
         now: DateTime<Utc>,
     ) {
+        if let Some(user) = &assignment.user {
+            let key = format!("lead:{lead}:assigned");
+            self.notices
+                .extend(notices_for(&item.team, user, lead, "assigned", &key, None));
+        }
         if assignment.assigned_by == Some("after_hours") && assignment.user.is_none() {
             // Its deadline starts when it is released to someone.
+            // The pool with the strategy the rule chose, so the release
+            // picks the way the rule said, not by the role's default.
             let target = match &item.route {
                 Route::User(u) => format!("user:{u}"),
-                Route::Role { role, .. } => format!("role:{role}"),
+                r @ Route::Role { .. } => super::timers::pool_target(r).unwrap_or_default(),
                 Route::Nobody => return,
             };
             self.queued.push((lead, assignment.queued_until, target));
@@ -356,7 +458,14 @@ impl Assigner {
         if let Some(within) = item.policy.sla.respond_within(item.kind.as_str())
             && let Some(due) = deadline(&item.team, assignment.user.as_deref(), now, within)
         {
-            let target = item.policy.sla.escalate_to().map(|a| a.to_string());
+            // Without a named target the lead's own pool takes it over, by
+            // the strategy the rule chose for it.
+            let target = item
+                .policy
+                .sla
+                .escalate_to()
+                .map(|a| a.to_string())
+                .or_else(|| super::timers::pool_target(&item.route));
             self.deadlines.push((lead, due, target));
         }
     }
@@ -365,6 +474,10 @@ impl Assigner {
     /// assignment.
     pub(super) async fn flushed<T: Tx>(&mut self, tx: &mut T, now: DateTime<Utc>) -> R<()> {
         self.unflushed.clear();
+        if !self.notices.is_empty() {
+            tx.insert_notices(&self.notices, now).await?;
+            self.notices.clear();
+        }
         if !self.deadlines.is_empty() {
             let timers: Vec<NewTimer<'_>> = self
                 .deadlines

@@ -4,6 +4,7 @@
 mod assign;
 mod batch;
 mod lease;
+mod outbox;
 mod timers;
 mod tx;
 mod writer;
@@ -19,6 +20,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{PgPool, Row, SqlitePool};
 
 pub use lease::LeaseKeeper;
+pub use outbox::{LeadSummary, OutboxRow};
 pub use timers::{DueTimer, LeadTimeline, sweep as sweep_timers};
 pub use writer::{WriterHandle, spawn as spawn_writer};
 

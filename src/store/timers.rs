@@ -19,14 +19,14 @@ use sqlx::Row;
 use tokio_util::sync::CancellationToken;
 
 use super::assign::{
-    AssignTx, NewTimer, TIMER_ASSIGN, TIMER_CALLBACK, TIMER_RESPOND, TIMER_SUPERVISE,
+    AssignTx, NewTimer, TIMER_ASSIGN, TIMER_CALLBACK, TIMER_RESPOND, TIMER_SUPERVISE, notices_for,
 };
 use super::tx::Tx;
 use super::{Store, StoreError};
 use crate::assign::sla::{deadline, escalate, escalation_loads};
 use crate::assign::{Ask, Load, Policy, decide, loads_needed};
 use crate::pipeline::{Pipeline, PipelineSettings, Route};
-use crate::routing::{Assignee, TeamConfig};
+use crate::routing::{Assignee, Strategy, TeamConfig};
 
 type R<T> = sqlx::Result<T>;
 
@@ -40,6 +40,15 @@ pub struct DueTimer {
     pub lead: i64,
     pub kind: String,
     pub target: Option<String>,
+    pub due: DateTime<Utc>,
+}
+
+impl DueTimer {
+    /// Names this firing of the timer in the outbox: a re-armed timer
+    /// fires again under a new due time, a replayed firing under the same.
+    fn event_key(&self) -> String {
+        format!("timer:{}:{}", self.id, self.due.timestamp_millis())
+    }
 }
 
 /// What a fired timer changes on its lead.
@@ -166,6 +175,26 @@ macro_rules! impl_timer_tx {
 impl_timer_tx!(sqlx::SqliteConnection);
 impl_timer_tx!(sqlx::PgConnection);
 
+/// A timer's `target`: `user:<id>`, `role:<id>`, or
+/// `role:<id>;strategy=<s>` for a pool whose rule chose its strategy.
+pub(super) fn parse_target(t: &str) -> Option<(Assignee, Option<Strategy>)> {
+    let (who, strategy) = match t.split_once(";strategy=") {
+        Some((who, s)) => (who, Strategy::parse(s)),
+        None => (t, None),
+    };
+    Some((who.parse().ok()?, strategy))
+}
+
+/// The target recording a role pool and the strategy it was picked by.
+pub(super) fn pool_target(route: &Route) -> Option<String> {
+    match route {
+        Route::Role { role, strategy, .. } => {
+            Some(format!("role:{role};strategy={}", strategy.as_str()))
+        }
+        _ => None,
+    }
+}
+
 fn utc(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%d %H:%M UTC").to_string()
 }
@@ -201,15 +230,19 @@ async fn fire<C: Tx + TimerTx>(
             if lead.user.is_some() || lead.status != "new" {
                 return Ok("already assigned".into());
             }
-            let route = match timer.target.as_deref().map(str::parse::<Assignee>) {
-                Some(Ok(Assignee::User(u))) => Route::User(u),
-                Some(Ok(Assignee::Role(r))) => Route::Role {
+            let route = match timer.target.as_deref().and_then(parse_target) {
+                Some((Assignee::User(u), _)) => Route::User(u),
+                // The strategy the rule chose when the lead was queued (its
+                // override of the role's), else the role's own.
+                Some((Assignee::Role(r), strategy)) => Route::Role {
                     members: team
                         .active_members(&r)
                         .into_iter()
                         .map(str::to_owned)
                         .collect(),
-                    strategy: team.roles.get(&r).map(|x| x.strategy).unwrap_or_default(),
+                    strategy: strategy
+                        .or_else(|| team.roles.get(&r).map(|x| x.strategy))
+                        .unwrap_or_default(),
                     role: r,
                 },
                 _ => return Ok("no target".into()),
@@ -265,6 +298,15 @@ async fn fire<C: Tx + TimerTx>(
                         now,
                     )
                     .await?;
+                    let notices = notices_for(
+                        team,
+                        user,
+                        timer.lead,
+                        "assigned",
+                        &timer.event_key(),
+                        Some("released from the queue"),
+                    );
+                    tx.insert_notices(&notices, now).await?;
                     // Its response deadline starts now.
                     if let Some(within) = settings.routing.policy.sla.respond_within(&lead.kind)
                         && let Some(due) = deadline(team, Some(user), now, within)
@@ -274,7 +316,8 @@ async fn fire<C: Tx + TimerTx>(
                             .policy
                             .sla
                             .escalate_to()
-                            .map(|a| a.to_string());
+                            .map(|a| a.to_string())
+                            .or_else(|| pool_target(&route));
                         tx.set_timers(&[(timer.lead, TIMER_RESPOND, due, target.as_deref())], now)
                             .await?;
                         tx.copy_respond_by(&[timer.lead]).await?;
@@ -307,21 +350,33 @@ async fn fire<C: Tx + TimerTx>(
             }
             // The rule's target, recorded when the deadline was armed, else
             // the `[sla]` one.
-            let recorded = timer
-                .target
-                .as_deref()
-                .and_then(|t| t.parse::<Assignee>().ok());
+            let recorded = timer.target.as_deref().and_then(parse_target);
+            let strategy = recorded.as_ref().and_then(|r| r.1);
+            let recorded = recorded.map(|r| r.0);
             let target = recorded.as_ref().or(sla.escalate_to.as_ref());
             let users = escalation_loads(team, lead.role.as_deref(), target);
             let counts = loads(tx, &users).await?;
+            // A pool escalated round-robin takes the pool's next turn.
+            let pool = match (strategy, target) {
+                (Some(Strategy::RoundRobin), Some(Assignee::Role(r))) => Some(format!("role:{r}")),
+                _ => None,
+            };
+            let turn = match &pool {
+                Some(p) => tx.current_turn(p).await?,
+                None => 0,
+            };
             let e = escalate(
                 team,
                 lead.user.as_deref(),
                 lead.role.as_deref(),
                 target,
+                (strategy, turn),
                 now,
                 &|u: &str| counts.get(u).copied().unwrap_or_default(),
             );
+            if let (Some(pool), Some(turn)) = (&pool, e.turn) {
+                tx.save_turn(pool, turn).await?;
+            }
             let holder = lead.user.as_deref().unwrap_or("nobody");
             let why = match respond {
                 true => format!("not taken by {holder} by its response deadline"),
@@ -353,6 +408,17 @@ async fn fire<C: Tx + TimerTx>(
                 "callback_overdue"
             };
             tx.note_activity(timer.lead, kind, &summary, now).await?;
+            if let Some(user) = &e.user {
+                let notices = notices_for(
+                    team,
+                    user,
+                    timer.lead,
+                    "escalated",
+                    &timer.event_key(),
+                    Some(&why),
+                );
+                tx.insert_notices(&notices, now).await?;
+            }
             if let Some(after) = sla.supervisor_after
                 && let Some(due) =
                     deadline(team, e.user.as_deref().or(lead.user.as_deref()), now, after)
@@ -386,6 +452,21 @@ async fn fire<C: Tx + TimerTx>(
                 now,
             )
             .await?;
+            let notices: Vec<_> = team
+                .supervisors
+                .iter()
+                .flat_map(|s| {
+                    notices_for(
+                        team,
+                        s,
+                        timer.lead,
+                        "supervisor",
+                        &timer.event_key(),
+                        Some("still not taken"),
+                    )
+                })
+                .collect();
+            tx.insert_notices(&notices, now).await?;
             Ok("supervisor".into())
         }
         other => Ok(format!("unknown timer kind {other}")),
@@ -401,7 +482,7 @@ impl Store {
     ) -> Result<Vec<DueTimer>, StoreError> {
         Ok(super::on_pool!(self, pool => {
             let rows = sqlx::query(
-                "SELECT id, lead_id, kind, target FROM lead_timers \
+                "SELECT id, lead_id, kind, target, due_at FROM lead_timers \
                  WHERE fired_at IS NULL AND due_at <= $1 ORDER BY due_at LIMIT $2",
             )
             .bind(now)
@@ -415,6 +496,7 @@ impl Store {
                         lead: r.try_get(1)?,
                         kind: r.try_get(2)?,
                         target: r.try_get(3)?,
+                        due: r.try_get(4)?,
                     })
                 })
                 .collect::<sqlx::Result<Vec<_>>>()?
@@ -457,9 +539,10 @@ impl Store {
         Ok(Some(outcome))
     }
 
-    /// Arm a callback deadline for each open missed call that has none
-    /// (through the `leads_missed` partial index: only missed leads are
-    /// read).
+    /// Arm a callback deadline for each open missed call that has none,
+    /// or whose deadline already fired before another call was missed (a
+    /// second missed call needs its own callback). Through the
+    /// `leads_missed` partial index: only missed leads are read.
     pub async fn arm_callbacks(
         &self,
         settings: &PipelineSettings,
@@ -472,7 +555,9 @@ impl Store {
             let rows = sqlx::query(
                 "SELECT id, updated_at, assignee_user FROM leads WHERE missed \
                  AND status IN ('new', 'in_progress') AND NOT EXISTS \
-                 (SELECT 1 FROM lead_timers t WHERE t.lead_id = leads.id AND t.kind = 'callback') LIMIT 500",
+                 (SELECT 1 FROM lead_timers t WHERE t.lead_id = leads.id AND t.kind = 'callback' \
+                  AND (t.fired_at IS NULL OR NOT EXISTS (SELECT 1 FROM calls c WHERE c.lead_id = leads.id \
+                  AND c.missed AND c.updated_at > t.fired_at))) LIMIT 500",
             )
             .fetch_all(pool)
             .await?;

@@ -1,0 +1,286 @@
+//! The delivery task: claims due outbox rows, renders and sends them, and
+//! records the outcome. Every instance runs it; the per-row claim
+//! (`Store::claim_notification`) makes one of them send each row. A failed
+//! send is retried with exponential backoff and jitter until the row is
+//! older than `notify.max_age`, then given up with an error in the log.
+
+use std::collections::BTreeMap;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::config::{NotifySettings, Transport};
+use super::template::tidy;
+use super::transport::{EmailSender, SendError, TelegramSender};
+use crate::store::{OutboxRow, Store};
+
+/// Rows sent per round at most (the rest wait for the next round).
+const ROUND: i64 = 64;
+
+/// The settings in force and the clients built from them.
+struct Current {
+    settings: Arc<NotifySettings>,
+    telegram: Option<Arc<TelegramSender>>,
+    email: Option<Arc<EmailSender>>,
+}
+
+/// Shared by the delivery task and the reload path.
+pub struct Notifier {
+    store: Store,
+    current: RwLock<Arc<Current>>,
+}
+
+impl Notifier {
+    pub fn new(store: Store, settings: Arc<NotifySettings>) -> Arc<Notifier> {
+        Arc::new(Notifier {
+            store,
+            current: RwLock::new(Arc::new(build(settings))),
+        })
+    }
+
+    /// Use new settings from the next round on (SIGHUP).
+    pub fn replace(&self, settings: Arc<NotifySettings>) {
+        let next = Arc::new(build(settings));
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = next;
+    }
+
+    fn current(&self) -> Arc<Current> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+fn build(settings: Arc<NotifySettings>) -> Current {
+    let telegram = settings
+        .telegram
+        .as_ref()
+        .and_then(|t| match TelegramSender::new(t) {
+            Ok(s) => Some(Arc::new(s)),
+            Err(e) => {
+                tracing::error!(error = %e, "Telegram notifications are off");
+                None
+            }
+        });
+    let email = settings
+        .email
+        .as_ref()
+        .and_then(|e| match EmailSender::new(e) {
+            Ok(s) => Some(Arc::new(s)),
+            Err(err) => {
+                tracing::error!(error = %err, "e-mail notifications are off");
+                None
+            }
+        });
+    Current {
+        settings,
+        telegram,
+        email,
+    }
+}
+
+/// Deliver until `shutdown`.
+pub async fn run(notifier: Arc<Notifier>, shutdown: CancellationToken) {
+    loop {
+        let every = notifier.current().settings.poll_every;
+        match round(&notifier).await {
+            Ok(sent) if sent > 0 => continue,
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "notification delivery round failed; retrying"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
+/// One round: claim what is due and send it, concurrently (one slow peer
+/// must not hold up the other transport). Returns how many rows it took.
+async fn round(notifier: &Arc<Notifier>) -> Result<usize, crate::store::StoreError> {
+    let now = Utc::now();
+    let due = notifier.store.due_notifications(now, ROUND).await?;
+    let current = notifier.current();
+    let s = &current.settings;
+    // Longer than any send may take, so a claim is never taken over while
+    // its sender still works on it.
+    let timeout = [
+        s.telegram.as_ref().map(|t| t.timeout),
+        s.email.as_ref().map(|e| e.timeout),
+    ]
+    .into_iter()
+    .flatten()
+    .max()
+    .unwrap_or(Duration::from_secs(30));
+    // teloxide waits 10s after a 5xx before it reports it.
+    let until =
+        now + chrono::Duration::from_std(timeout * 2 + Duration::from_secs(15)).unwrap_or_default();
+    let mut tasks = JoinSet::new();
+    let mut taken = 0;
+    for (id, _) in due {
+        let Some(row) = notifier.store.claim_notification(id, now, until).await? else {
+            continue;
+        };
+        taken += 1;
+        let (notifier, current) = (notifier.clone(), current.clone());
+        tasks.spawn(async move { attempt(&notifier, &current, row).await });
+    }
+    while let Some(done) = tasks.join_next().await {
+        if let Err(e) = done {
+            tracing::error!(error = %e, "a notification send task failed");
+        }
+    }
+    Ok(taken)
+}
+
+async fn attempt(notifier: &Notifier, current: &Current, row: OutboxRow) {
+    let result = send(current, &row).await;
+    let now = Utc::now();
+    let store = &notifier.store;
+    let recorded = match result {
+        Ok(()) => {
+            tracing::info!(lead = row.lead_id, to = %row.recipient, transport = %row.transport,
+                event = %row.event, attempts = row.attempts, "notification sent");
+            crate::metrics::inc(
+                "leadgate_notifications_total",
+                &[("transport", &row.transport), ("outcome", "sent")],
+                1,
+            );
+            store.notification_sent(row.id, now).await
+        }
+        Err(e) => {
+            let age = (now - row.created_at).to_std().unwrap_or_default();
+            let give_up = e.permanent || age >= current.settings.max_age;
+            crate::metrics::inc(
+                "leadgate_notifications_total",
+                &[
+                    ("transport", &row.transport),
+                    ("outcome", if give_up { "failed" } else { "retry" }),
+                ],
+                1,
+            );
+            if give_up {
+                tracing::error!(lead = row.lead_id, to = %row.recipient, transport = %row.transport,
+                    event = %row.event, attempts = row.attempts, error = %e.message,
+                    "notification given up");
+                store
+                    .notification_failed(row.id, &e.message, None, now)
+                    .await
+            } else {
+                let wait = e
+                    .retry_after
+                    .unwrap_or_else(|| backoff(&current.settings, row.attempts));
+                tracing::warn!(lead = row.lead_id, to = %row.recipient, transport = %row.transport,
+                    attempts = row.attempts, error = %e.message, retry_in_ms = wait.as_millis() as u64,
+                    "notification not delivered; will retry");
+                let next = now + chrono::Duration::from_std(wait).unwrap_or_default();
+                store
+                    .notification_failed(row.id, &e.message, Some(next), now)
+                    .await
+            }
+        }
+    };
+    if let Err(e) = recorded {
+        // The claim runs out and the row is tried again: at worst the
+        // person gets the message twice, never not at all.
+        tracing::warn!(error = %e, id = row.id, "cannot record a notification's outcome");
+    }
+}
+
+/// `retry_first` doubled per earlier attempt, capped at `retry_max`, then
+/// scaled by a random factor in [0.5, 1) so rows that failed together (a
+/// peer outage) do not all come back at once.
+fn backoff(s: &NotifySettings, attempts: i32) -> Duration {
+    let doublings = u32::try_from(attempts.saturating_sub(1))
+        .unwrap_or(0)
+        .min(30);
+    let base = s
+        .retry_first
+        .saturating_mul(1u32 << doublings)
+        .min(s.retry_max);
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    let factor = 0.5 + (random % 1_000) as f64 / 2_000.0;
+    base.mul_f64(factor)
+}
+
+async fn send(current: &Current, row: &OutboxRow) -> Result<(), SendError> {
+    let (headline, body) = render(&current.settings, row);
+    let not_configured = |t: &str| SendError {
+        message: format!("{t} notifications are not configured ([notify.{t}])"),
+        permanent: true,
+        retry_after: None,
+    };
+    match Transport::parse(&row.transport) {
+        Some(Transport::Telegram) => {
+            let Some(bot) = &current.telegram else {
+                return Err(not_configured("telegram"));
+            };
+            let text = tidy(&format!("{headline}\n{body}"));
+            bot.send(&row.address, &text).await
+        }
+        Some(Transport::Email) => {
+            let Some(smtp) = &current.email else {
+                return Err(not_configured("email"));
+            };
+            smtp.send(&row.address, &headline, &tidy(&body)).await
+        }
+        None => Err(SendError {
+            message: format!("unknown transport {:?}", row.transport),
+            permanent: true,
+            retry_after: None,
+        }),
+    }
+}
+
+/// The first line (or subject) and the body of a row's message.
+pub(crate) fn render(s: &NotifySettings, row: &OutboxRow) -> (String, String) {
+    let mut v: BTreeMap<&'static str, String> = BTreeMap::new();
+    v.insert("lead_id", row.lead_id.to_string());
+    v.insert("event", row.event.clone());
+    v.insert("note", row.note.clone().unwrap_or_default());
+    if let Some(l) = &row.lead {
+        let mut put = |k: &'static str, x: &Option<String>| {
+            if let Some(x) = x {
+                v.insert(k, x.clone());
+            }
+        };
+        put("name", &l.name);
+        put("phone", &l.phone);
+        put("email", &l.email);
+        put("messenger", &l.messenger);
+        put("subject", &l.subject);
+        put("message", &l.message);
+        put("product", &l.product);
+        put("region", &l.region);
+        put("assignee", &l.assignee);
+        v.insert("channel", l.channel.clone());
+        v.insert("kind", l.kind.clone());
+        let contact: Vec<&str> = [&l.name, &l.phone, &l.email, &l.messenger]
+            .into_iter()
+            .filter_map(|x| x.as_deref())
+            .collect();
+        v.insert("contact", contact.join(", "));
+        let summary = l
+            .subject
+            .clone()
+            .or_else(|| l.message.as_ref().map(|m| m.chars().take(300).collect()))
+            .unwrap_or_default();
+        v.insert("summary", summary);
+    }
+    let link = s.templates.link.render(&v);
+    v.insert("link", link);
+    let headline = match row.event.as_str() {
+        "escalated" => &s.templates.escalated,
+        "supervisor" => &s.templates.supervisor,
+        _ => &s.templates.assigned,
+    }
+    .render(&v);
+    (headline, s.templates.body.render(&v))
+}

@@ -1,0 +1,153 @@
+//! Sending one message: Telegram through teloxide-core's request API (like
+//! connectors/telegram, no dispatcher), e-mail through lettre's SMTP client
+//! (tokio, rustls).
+
+use std::time::Duration;
+
+use lettre::message::{Mailbox, header::ContentType};
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use teloxide_core::prelude::Requester;
+use teloxide_core::requests::Request;
+use teloxide_core::types::ChatId;
+use teloxide_core::{ApiError, Bot, RequestError};
+
+use super::config::{EmailSettings, SmtpSecurity, TelegramSettings};
+
+/// Why a send failed, and whether trying again can help.
+#[derive(Debug)]
+pub struct SendError {
+    pub message: String,
+    /// The peer refused the message for good (unknown chat, mailbox
+    /// rejected with 5xx): retrying would only repeat it.
+    pub permanent: bool,
+    /// The peer asked to wait this long.
+    pub retry_after: Option<Duration>,
+}
+
+impl SendError {
+    fn transient(message: String) -> SendError {
+        SendError {
+            message,
+            permanent: false,
+            retry_after: None,
+        }
+    }
+}
+
+/// Telegram caps a message at 4096 characters.
+const TELEGRAM_MAX_CHARS: usize = 4000;
+
+pub struct TelegramSender {
+    bot: Bot,
+    token: String,
+}
+
+impl TelegramSender {
+    pub fn new(s: &TelegramSettings) -> Result<TelegramSender, String> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(s.timeout)
+            .build()
+            .map_err(|e| format!("cannot build an HTTP client: {e}"))?;
+        Ok(TelegramSender {
+            bot: Bot::with_client(s.token.expose(), client).set_api_url(s.api_url.clone()),
+            token: s.token.expose().to_owned(),
+        })
+    }
+
+    pub async fn send(&self, chat: &str, text: &str) -> Result<(), SendError> {
+        let chat: i64 = chat.parse().map_err(|_| SendError {
+            message: format!("{chat:?} is not a Telegram chat id"),
+            permanent: true,
+            retry_after: None,
+        })?;
+        let text: String = text.chars().take(TELEGRAM_MAX_CHARS).collect();
+        match self.bot.send_message(ChatId(chat), text).send().await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(self.failure(e)),
+        }
+    }
+
+    fn failure(&self, e: RequestError) -> SendError {
+        // Transport errors may quote the URL, which holds the token.
+        let message = e.to_string().replace(&self.token, "<token>");
+        match e {
+            RequestError::RetryAfter(after) => SendError {
+                message,
+                permanent: false,
+                retry_after: Some(after.duration()),
+            },
+            // Telegram's own refusals (blocked by the user, chat not found,
+            // …) do not change by asking again; an error it does not name
+            // (a 5xx with a description) may.
+            RequestError::Api(ApiError::Unknown(_)) => SendError::transient(message),
+            RequestError::Api(_) => SendError {
+                message,
+                permanent: true,
+                retry_after: None,
+            },
+            _ => SendError::transient(message),
+        }
+    }
+}
+
+pub struct EmailSender {
+    smtp: AsyncSmtpTransport<Tokio1Executor>,
+    from: Mailbox,
+}
+
+impl EmailSender {
+    pub fn new(s: &EmailSettings) -> Result<EmailSender, String> {
+        let builder = match s.security {
+            SmtpSecurity::Starttls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&s.host)
+                .map_err(|e| format!("SMTP: {e}"))?,
+            SmtpSecurity::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(&s.host)
+                .map_err(|e| format!("SMTP: {e}"))?,
+            SmtpSecurity::Plain => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&s.host),
+        };
+        let mut builder = builder.port(s.port).timeout(Some(s.timeout));
+        if let Some((user, password)) = &s.credentials {
+            builder =
+                builder.credentials(Credentials::new(user.clone(), password.expose().to_owned()));
+        }
+        Ok(EmailSender {
+            smtp: builder.build(),
+            from: s.from.clone(),
+        })
+    }
+
+    pub async fn send(&self, to: &str, subject: &str, body: &str) -> Result<(), SendError> {
+        let permanent = |message: String| SendError {
+            message,
+            permanent: true,
+            retry_after: None,
+        };
+        let to: Mailbox = to
+            .parse()
+            .map_err(|e| permanent(format!("{to:?} is not an address: {e}")))?;
+        // A subject is one line.
+        let subject: String = subject
+            .lines()
+            .next()
+            .unwrap_or("")
+            .chars()
+            .take(200)
+            .collect();
+        let message = Message::builder()
+            .from(self.from.clone())
+            .to(to)
+            .subject(subject)
+            .header(ContentType::TEXT_PLAIN)
+            .body(body.to_owned())
+            .map_err(|e| permanent(format!("cannot build the message: {e}")))?;
+        match self.smtp.send(message).await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(SendError {
+                message: format!("SMTP: {e}"),
+                permanent: e.is_permanent(),
+                retry_after: None,
+            }),
+        }
+    }
+}

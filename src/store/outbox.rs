@@ -1,0 +1,175 @@
+//! The delivery side of the `notifications` outbox: due rows, the claim
+//! that makes one sender own a row for a while, and the outcome of a send.
+//! Rows are written by the transactions that assign and escalate leads
+//! (`assign.rs`, `timers.rs`).
+//!
+//! A claim moves the row's `next_attempt_at` past the time a send may
+//! take, in one statement that only succeeds while the row is still due:
+//! of two instances (or two sweeps) racing for a row, one wins, and a row
+//! whose sender died becomes due again when its claim runs out.
+
+use chrono::{DateTime, Utc};
+use sqlx::Row;
+
+use super::{Store, StoreError, on_pool};
+
+/// A notification to send, with the lead it is about.
+#[derive(Debug, Clone)]
+pub struct OutboxRow {
+    pub id: i64,
+    pub lead_id: i64,
+    pub event: String,
+    pub recipient: String,
+    pub transport: String,
+    pub address: String,
+    pub note: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub attempts: i32,
+    pub lead: Option<LeadSummary>,
+}
+
+/// What a message says about its lead.
+#[derive(Debug, Clone, Default)]
+pub struct LeadSummary {
+    pub channel: String,
+    pub kind: String,
+    pub name: Option<String>,
+    pub phone: Option<String>,
+    pub email: Option<String>,
+    pub messenger: Option<String>,
+    pub subject: Option<String>,
+    pub message: Option<String>,
+    pub product: Option<String>,
+    pub region: Option<String>,
+    pub assignee: Option<String>,
+}
+
+impl Store {
+    /// Unsent rows due by `now`, oldest first.
+    pub async fn due_notifications(
+        &self,
+        now: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<(i64, DateTime<Utc>)>, StoreError> {
+        Ok(on_pool!(self, pool => {
+            let rows = sqlx::query(
+                "SELECT id, next_attempt_at FROM notifications \
+                 WHERE sent_at IS NULL AND failed_at IS NULL AND next_attempt_at <= $1 \
+                 ORDER BY next_attempt_at LIMIT $2",
+            )
+            .bind(now)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?;
+            rows.iter()
+                .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+                .collect::<sqlx::Result<Vec<_>>>()?
+        }))
+    }
+
+    /// Take row `id` until `until` and count the attempt; `None` when it is
+    /// no longer due (sent, given up, or claimed by another sender).
+    pub async fn claim_notification(
+        &self,
+        id: i64,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<Option<OutboxRow>, StoreError> {
+        Ok(on_pool!(self, pool => {
+            let claimed = sqlx::query(
+                "UPDATE notifications SET next_attempt_at = $2, attempts = attempts + 1 \
+                 WHERE id = $1 AND sent_at IS NULL AND failed_at IS NULL AND next_attempt_at <= $3",
+            )
+            .bind(id)
+            .bind(until)
+            .bind(now)
+            .execute(pool)
+            .await?;
+            if claimed.rows_affected() != 1 {
+                return Ok(None);
+            }
+            let Some(r) = sqlx::query(
+                "SELECT n.id, n.lead_id, n.event, n.recipient, n.transport, n.address, n.note, n.created_at, \
+                 n.attempts, l.id, l.channel_id, l.channel_kind, l.name, l.phone, l.email, l.messenger, \
+                 l.subject, l.message, l.product, l.region, l.assignee_user \
+                 FROM notifications n LEFT JOIN leads l ON l.id = n.lead_id WHERE n.id = $1",
+            )
+            .bind(id)
+            .fetch_optional(pool)
+            .await?
+            else {
+                return Ok(None);
+            };
+            let lead = match r.try_get::<Option<i64>, _>(9)? {
+                None => None,
+                Some(_) => Some(LeadSummary {
+                    channel: r.try_get(10)?,
+                    kind: r.try_get(11)?,
+                    name: r.try_get(12)?,
+                    phone: r.try_get(13)?,
+                    email: r.try_get(14)?,
+                    messenger: r.try_get(15)?,
+                    subject: r.try_get(16)?,
+                    message: r.try_get(17)?,
+                    product: r.try_get(18)?,
+                    region: r.try_get(19)?,
+                    assignee: r.try_get(20)?,
+                }),
+            };
+            Some(OutboxRow {
+                id: r.try_get(0)?,
+                lead_id: r.try_get(1)?,
+                event: r.try_get(2)?,
+                recipient: r.try_get(3)?,
+                transport: r.try_get(4)?,
+                address: r.try_get(5)?,
+                note: r.try_get(6)?,
+                created_at: r.try_get(7)?,
+                attempts: r.try_get(8)?,
+                lead,
+            })
+        }))
+    }
+
+    pub async fn notification_sent(&self, id: i64, now: DateTime<Utc>) -> Result<(), StoreError> {
+        on_pool!(self, pool => {
+            sqlx::query("UPDATE notifications SET sent_at = $2, last_error = NULL WHERE id = $1")
+                .bind(id)
+                .bind(now)
+                .execute(pool)
+                .await?;
+        });
+        Ok(())
+    }
+
+    /// A failed attempt: try again at `next`, or, with `next` None, give up.
+    pub async fn notification_failed(
+        &self,
+        id: i64,
+        error: &str,
+        next: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        on_pool!(self, pool => {
+            match next {
+                Some(next) => sqlx::query(
+                    "UPDATE notifications SET last_error = $2, next_attempt_at = $3 WHERE id = $1",
+                )
+                .bind(id)
+                .bind(error)
+                .bind(next)
+                .execute(pool)
+                .await?,
+                None => sqlx::query(
+                    "UPDATE notifications SET last_error = $2, failed_at = $3 WHERE id = $1",
+                )
+                .bind(id)
+                .bind(error)
+                .bind(now)
+                .execute(pool)
+                .await?,
+            };
+        });
+        Ok(())
+    }
+}

@@ -1,0 +1,605 @@
+//! Notifications (issue #10): the outbox written with the assignment and
+//! delivered after commit to real peers on loopback ports — the fake Bot
+//! API (tests/support/telegram.rs) as the notifier bot, and a local SMTP
+//! sink (tests/support/smtp.rs).
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use support::daemon::{Daemon, TestConfig, cli};
+use support::db::Db;
+use support::smtp::SmtpSink;
+use support::telegram::{FakeBotApi, TOKEN};
+
+const SITE: &[(&str, &str)] = &[(
+    "site",
+    "kind = \"form\"\n[form]\nrate_limit_per_minute = 0\n",
+)];
+
+const TEAM: &str = r#"
+[users.olga]
+name = "Olga"
+email = "olga@ourcompany.example"
+telegram_chat_id = 1001
+[users.ivan]
+name = "Ivan"
+email = "ivan@ourcompany.example"
+telegram_chat_id = 1002
+[users.head]
+name = "Head of sales"
+email = "head@ourcompany.example"
+notify = ["email"]
+[roles.sales]
+members = ["olga", "ivan"]
+"#;
+
+/// Chat ids and addresses by user, as TEAM says.
+fn chat_of(user: &str) -> i64 {
+    match user {
+        "olga" => 1001,
+        "ivan" => 1002,
+        other => panic!("no chat for {other}"),
+    }
+}
+
+struct Peers {
+    bot: FakeBotApi,
+    smtp: SmtpSink,
+}
+
+impl Peers {
+    async fn start() -> Peers {
+        Peers {
+            bot: FakeBotApi::start().await,
+            smtp: SmtpSink::start().await,
+        }
+    }
+
+    /// `[notify]` pointing at the peers; `poll_every` sets how soon rows go.
+    fn notify_section(&self, poll_every: &str) -> String {
+        notify_section(&self.bot.url(), self.smtp.port, poll_every)
+    }
+}
+
+fn notify_section(bot_url: &str, smtp_port: u16, poll_every: &str) -> String {
+    {
+        format!(
+            r#"
+[notify]
+poll_every = "{poll_every}"
+retry_first = "300ms"
+retry_max = "2s"
+[notify.telegram]
+token_file = "notifier.token"
+api_url = "{}"
+timeout = "5s"
+[notify.email]
+host = "127.0.0.1"
+port = {}
+security = "plain"
+from = "leadgate <leadgate@ourcompany.example>"
+timeout = "5s"
+[notify.templates]
+link = "https://crm.example/leads/{{lead_id}}"
+"#,
+            bot_url, smtp_port
+        )
+    }
+}
+
+fn config(peers: &Peers, routing: &str, poll_every: &str) -> TestConfig {
+    config_on(None, peers, routing, poll_every)
+}
+
+fn config_on(db: Option<String>, peers: &Peers, routing: &str, poll_every: &str) -> TestConfig {
+    let cfg = TestConfig::new(db, SITE, TEAM, routing);
+    cfg.write("notifier.token", &format!("{TOKEN}\n"));
+    cfg.write_main(&peers.notify_section(poll_every));
+    cfg
+}
+
+async fn post(cfg: &TestConfig, body: &str) -> i64 {
+    let resp = reqwest::Client::new()
+        .post(format!("{}/forms/site", cfg.base_url()))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let v: serde_json::Value = resp.json().await.unwrap();
+    v["lead_id"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("no lead: {v}"))
+}
+
+async fn assignee(db: &Db, lead: i64) -> String {
+    db.row("SELECT assignee_user FROM leads WHERE id = $1", lead)
+        .await
+        .and_then(|r| r["assignee_user"].clone())
+        .expect("an assigned lead")
+}
+
+async fn wait_for(what: &str, within: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let end = Instant::now() + within;
+    while !check().await {
+        assert!(Instant::now() < end, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Telegram messages sent to `chat`, their texts.
+fn texts_to(bot: &FakeBotApi, chat: i64) -> Vec<String> {
+    bot.sent_messages()
+        .iter()
+        .filter(|m| m["chat_id"].as_i64() == Some(chat))
+        .map(|m| m["text"].as_str().unwrap_or("").to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_assignment_sends_one_telegram_message_and_one_email_with_the_template() {
+    let peers = Peers::start().await;
+    let cfg = config(&peers, "default = \"role:sales\"\n", "100ms");
+    let db = Db::open(&cfg.db_url).await;
+    let _daemon = Daemon::start(&cfg);
+    let lead = post(
+        &cfg,
+        "name=Ann+Smith&phone=89991234567&email=ann@example.net&comment=Call+me+about+X200",
+    )
+    .await;
+    let owner = assignee(&db, lead).await;
+    peers
+        .bot
+        .wait_for("the Telegram message", Duration::from_secs(10), |b| {
+            !b.sent_messages().is_empty()
+        })
+        .await;
+    peers
+        .smtp
+        .wait_for("the e-mail", Duration::from_secs(10), |s| {
+            !s.mails().is_empty()
+        })
+        .await;
+    // Nothing more follows.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let sent = peers.bot.sent_messages();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(sent[0]["chat_id"].as_i64(), Some(chat_of(&owner)));
+    let text = sent[0]["text"].as_str().unwrap();
+    for want in [
+        format!("New lead #{lead} for you"),
+        "Ann Smith".to_owned(),
+        "+79991234567".to_owned(),
+        "ann@example.net".to_owned(),
+        "Call me about X200".to_owned(),
+        "Channel: site (form)".to_owned(),
+        format!("https://crm.example/leads/{lead}"),
+    ] {
+        assert!(text.contains(&want), "{want:?} not in {text:?}");
+    }
+    let mails = peers.smtp.mails();
+    assert_eq!(mails.len(), 1, "{mails:?}");
+    assert_eq!(mails[0].to, vec![format!("{owner}@ourcompany.example")]);
+    assert_eq!(mails[0].from, "leadgate@ourcompany.example");
+    let subject = mails[0].header("Subject").unwrap();
+    assert!(
+        subject.contains(&format!("New lead #{lead} for you")),
+        "{subject}"
+    );
+    let body = mails[0].body();
+    assert!(
+        body.contains(&format!("https://crm.example/leads/{lead}")),
+        "{body}"
+    );
+    assert!(body.contains("Call me about X200"), "{body}");
+    // The outbox says so.
+    let sent_rows = db
+        .int(
+            &format!("SELECT COUNT(*) FROM notifications WHERE lead_id = {lead} AND sent_at IS NOT NULL AND attempts = 1"),
+            None,
+        )
+        .await;
+    assert_eq!(sent_rows, 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_peer_is_retried_with_backoff_and_gets_the_message_once() {
+    // Telegram is down (nothing listens on its port) and the SMTP relay
+    // answers 451 twice.
+    let bot_port = support::free_port();
+    let smtp = SmtpSink::start().await;
+    smtp.refuse_next(2);
+    let cfg = TestConfig::new(None, SITE, TEAM, "default = \"role:sales\"\n");
+    cfg.write("notifier.token", &format!("{TOKEN}\n"));
+    cfg.write_main(&notify_section(
+        &format!("http://127.0.0.1:{bot_port}/"),
+        smtp.port,
+        "50ms",
+    ));
+    let db = Db::open(&cfg.db_url).await;
+    let daemon = Daemon::start(&cfg);
+    let lead = post(&cfg, "name=Bob&phone=89990000002").await;
+    // Ingestion goes on while the peers fail.
+    let started = Instant::now();
+    let other = post(&cfg, "name=Cid&phone=89990000003").await;
+    assert!(started.elapsed() < Duration::from_secs(2));
+    let owner = assignee(&db, lead).await;
+    wait_for("failed attempts", Duration::from_secs(10), async || {
+        db.int(
+            "SELECT COUNT(*) FROM notifications WHERE transport = 'telegram' AND attempts >= 2 \
+             AND last_error IS NOT NULL AND sent_at IS NULL",
+            None,
+        )
+        .await
+            == 2
+    })
+    .await;
+    // Telegram comes back.
+    let peers = Peers {
+        bot: FakeBotApi::start_on(bot_port, TOKEN).await,
+        smtp,
+    };
+    wait_for(
+        "delivery after the outage",
+        Duration::from_secs(20),
+        async || {
+            !texts_to(&peers.bot, chat_of(&owner)).is_empty()
+                && peers
+                    .smtp
+                    .mails()
+                    .iter()
+                    .filter(|m| m.to[0].starts_with(&owner))
+                    .count()
+                    >= 1
+                && db
+                    .int(
+                        "SELECT COUNT(*) FROM notifications WHERE sent_at IS NOT NULL",
+                        None,
+                    )
+                    .await
+                    == 4
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    // Both leads, each person once per transport.
+    assert_eq!(peers.bot.sent_messages().len(), 2);
+    assert_eq!(peers.smtp.mails().len(), 2);
+    assert_eq!(peers.smtp.refused(), 2);
+    assert_eq!(peers.bot.calls("sendMessage").len(), 2);
+    let row = db
+        .row(
+            &format!(
+                "SELECT CAST(MAX(attempts) AS TEXT) AS attempts FROM notifications \
+                 WHERE transport = 'telegram' AND lead_id IN ({lead}, {other})"
+            ),
+            0,
+        )
+        .await
+        .unwrap();
+    let attempts: i64 = row["attempts"].as_deref().unwrap().parse().unwrap();
+    assert!(attempts >= 3, "{row:?}");
+    // Backoff: a failing row waits 300ms, 600ms, 1.2s, 2s… (each scaled by
+    // 0.5–1 for jitter), never at the 50ms poll rate.
+    let log = daemon.log_text();
+    let waits: Vec<u64> = log
+        .lines()
+        .filter(|l| {
+            l.contains("will retry") && l.contains("lead=1 ") && l.contains("transport=telegram")
+        })
+        .filter_map(|l| {
+            l.split("retry_in_ms=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    assert!(waits.len() >= 2, "{log}");
+    assert!(waits[0] >= 150 && waits[0] < 300, "{waits:?}");
+    assert!(waits[1] >= 300 && waits[1] < 600, "{waits:?}");
+    assert_eq!(
+        db.int(
+            "SELECT COUNT(*) FROM notifications WHERE failed_at IS NOT NULL OR last_error IS NOT NULL",
+            None
+        )
+        .await,
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restart_between_commit_and_delivery_still_delivers_once() {
+    let peers = Peers::start().await;
+    // The delivery task looks once at start, then not for an hour: the
+    // lead is committed with its notifications, not delivered.
+    let cfg = config(&peers, "default = \"role:sales\"\n", "1h");
+    let db = Db::open(&cfg.db_url).await;
+    let mut daemon = Daemon::start(&cfg);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let lead = post(&cfg, "name=Dan&phone=89990000004").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(peers.bot.sent_messages().is_empty());
+    assert_eq!(
+        db.int(
+            &format!(
+                "SELECT COUNT(*) FROM notifications WHERE lead_id = {lead} AND sent_at IS NULL"
+            ),
+            None
+        )
+        .await,
+        2
+    );
+    daemon.kill9();
+    cfg.write_main(&peers.notify_section("100ms"));
+    daemon.restart();
+    let owner = assignee(&db, lead).await;
+    wait_for(
+        "delivery after the restart",
+        Duration::from_secs(10),
+        async || peers.bot.sent_messages().len() == 1 && peers.smtp.mails().len() == 1,
+    )
+    .await;
+    daemon.restart();
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    assert_eq!(texts_to(&peers.bot, chat_of(&owner)).len(), 1);
+    assert_eq!(peers.bot.sent_messages().len(), 1);
+    assert_eq!(peers.smtp.mails().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_escalation_tells_the_new_assignee() {
+    let peers = Peers::start().await;
+    let routing = "default = \"role:sales\"\n[sla]\nform = \"1s\"\nsweep_every = \"200ms\"\n";
+    let cfg = config(&peers, routing, "100ms");
+    let db = Db::open(&cfg.db_url).await;
+    let _daemon = Daemon::start(&cfg);
+    let lead = post(&cfg, "name=Eve&phone=89990000005").await;
+    let first = assignee(&db, lead).await;
+    wait_for("the escalation", Duration::from_secs(15), async || {
+        assignee(&db, lead).await != first
+    })
+    .await;
+    let second = assignee(&db, lead).await;
+    wait_for(
+        "the escalation message",
+        Duration::from_secs(10),
+        async || {
+            !texts_to(&peers.bot, chat_of(&second)).is_empty()
+                && peers
+                    .smtp
+                    .mails()
+                    .iter()
+                    .any(|m| m.to[0] == format!("{second}@ourcompany.example"))
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let to_second = texts_to(&peers.bot, chat_of(&second));
+    assert_eq!(to_second.len(), 1, "{to_second:?}");
+    assert!(
+        to_second[0].contains(&format!("Overdue lead #{lead} is now yours")),
+        "{to_second:?}"
+    );
+    assert!(to_second[0].contains("not taken by"), "{to_second:?}");
+    let to_first = texts_to(&peers.bot, chat_of(&first));
+    assert_eq!(to_first.len(), 1, "the assignment only: {to_first:?}");
+    assert!(to_first[0].contains(&format!("New lead #{lead}")));
+    let mail = peers
+        .smtp
+        .mails()
+        .into_iter()
+        .find(|m| m.to[0] == format!("{second}@ourcompany.example"))
+        .unwrap();
+    assert!(mail.header("Subject").unwrap().contains("Overdue lead"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_instances_on_one_postgres_send_each_notification_once() {
+    let Some(pg) = support::pg::server() else {
+        return;
+    };
+    let url = pg.create_database();
+    let peers = Peers::start().await;
+    let a = config_on(
+        Some(url.clone()),
+        &peers,
+        "default = \"role:sales\"\n",
+        "20ms",
+    );
+    let b = config_on(
+        Some(url.clone()),
+        &peers,
+        "default = \"role:sales\"\n",
+        "20ms",
+    );
+    let db = Db::open(&url).await;
+    let _da = Daemon::start(&a);
+    let _db = Daemon::start(&b);
+    let mut leads = Vec::new();
+    for i in 0..10 {
+        let cfg = if i % 2 == 0 { &a } else { &b };
+        leads.push(post(cfg, &format!("name=N{i}&phone=8999000002{i}")).await);
+    }
+    wait_for("all sent", Duration::from_secs(20), async || {
+        db.int(
+            "SELECT COUNT(*) FROM notifications WHERE sent_at IS NOT NULL",
+            None,
+        )
+        .await
+            == 20
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(peers.bot.sent_messages().len(), 10);
+    assert_eq!(peers.smtp.mails().len(), 10);
+    for lead in leads {
+        let owner = assignee(&db, lead).await;
+        let texts = texts_to(&peers.bot, chat_of(&owner));
+        let mine = texts
+            .iter()
+            .filter(|t| t.contains(&format!("New lead #{lead} ")))
+            .count();
+        assert_eq!(mine, 1, "lead {lead}: {texts:?}");
+    }
+}
+
+const PAIR_CAPPED: &str = r#"
+[users.olga]
+name = "Olga"
+max_open_leads = 1
+[users.ivan]
+name = "Ivan"
+max_open_leads = 1
+[roles.pair]
+members = ["olga", "ivan"]
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_queued_lead_is_released_by_the_rules_strategy_not_the_roles() {
+    // The role turns round-robin; the rule says least-loaded.
+    let routing = "default = \"role:pair\"\n[[rules]]\nname = \"web\"\nwhen.channel = \"site\"\nassign = \"role:pair\"\nstrategy = \"least_loaded\"\n[sla]\nsweep_every = \"200ms\"\n";
+    let cfg = TestConfig::new(None, SITE, PAIR_CAPPED, routing);
+    let db = Db::open(&cfg.db_url).await;
+    let _daemon = Daemon::start(&cfg);
+    let a = post(&cfg, "name=A&phone=89990000011").await;
+    let b = post(&cfg, "name=B&phone=89990000012").await;
+    let queued = post(&cfg, "name=C&phone=89990000013").await;
+    let (holder_a, holder_b) = (assignee(&db, a).await, assignee(&db, b).await);
+    assert_ne!(holder_a, holder_b);
+    // The first holder is busy with theirs (open, not new); the second
+    // closed theirs: least-loaded is the second, round-robin would start
+    // at the pool's first turn.
+    db.exec(&format!(
+        "UPDATE leads SET status = 'in_progress' WHERE id = {a}"
+    ))
+    .await;
+    db.exec(&format!(
+        "UPDATE leads SET status = 'converted' WHERE id = {b}"
+    ))
+    .await;
+    db.exec(&format!(
+        "UPDATE lead_timers SET due_at = created_at WHERE lead_id = {queued} AND kind = 'assign'"
+    ))
+    .await;
+    wait_for("release", Duration::from_secs(10), async || {
+        db.row("SELECT assignee_user FROM leads WHERE id = $1", queued)
+            .await
+            .and_then(|r| r["assignee_user"].clone())
+            .is_some()
+    })
+    .await;
+    assert_eq!(assignee(&db, queued).await, holder_b);
+    let note = db
+        .row("SELECT routing_note FROM leads WHERE id = $1", queued)
+        .await
+        .unwrap()["routing_note"]
+        .clone()
+        .unwrap();
+    assert!(note.contains("least_loaded"), "{note}");
+}
+
+const MANGO: &[(&str, &str)] = &[(
+    "mango",
+    "kind = \"telephony\"\n[telephony]\nprovider = \"mango\"\napi_key = \"test_key\"\napi_salt = \"test_salt\"\n",
+)];
+
+async fn mango(cfg: &TestConfig, entry: &str, seq: u32, state: &str) {
+    let now = chrono::Utc::now().timestamp();
+    let mut event = serde_json::json!({
+        "entry_id": entry,
+        "call_id": format!("{entry}-leg1"),
+        "timestamp": now,
+        "seq": seq,
+        "call_state": state,
+        "location": "queue",
+        "from": {"number": "79992345670"},
+        "to": {"number": "74951112233", "line_number": "74951112233"},
+    });
+    if state == "Disconnected" {
+        event["disconnect_reason"] = 1100.into();
+    }
+    let json = event.to_string();
+    let sign = hex::encode(Sha256::digest(format!("test_key{json}test_salt")));
+    let form = [
+        ("vpbx_api_key", "test_key"),
+        ("sign", &sign),
+        ("json", &json),
+    ];
+    let resp = reqwest::Client::new()
+        .post(format!("{}/telephony/mango/events/call", cfg.base_url()))
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{:?}", resp.text().await);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_missed_call_gets_its_own_callback_deadline() {
+    let routing =
+        "default = \"role:sales\"\n[sla]\nmissed_call = \"1s\"\nsweep_every = \"200ms\"\n";
+    let team = TEAM.replace("notify = [\"email\"]\n", "");
+    let cfg = TestConfig::new(None, MANGO, &team, routing);
+    let db = Db::open(&cfg.db_url).await;
+    let _daemon = Daemon::start(&cfg);
+    let overdue = async || {
+        db.int(
+            "SELECT COUNT(*) FROM activities WHERE kind = 'callback_overdue'",
+            None,
+        )
+        .await
+    };
+    mango(&cfg, "E1", 1, "Appeared").await;
+    mango(&cfg, "E1", 2, "Disconnected").await;
+    wait_for(
+        "the first callback deadline",
+        Duration::from_secs(10),
+        async || overdue().await == 1,
+    )
+    .await;
+    let leads = db.int("SELECT COUNT(*) FROM leads", None).await;
+    // The same number calls again and nobody answers.
+    mango(&cfg, "E2", 1, "Appeared").await;
+    mango(&cfg, "E2", 2, "Disconnected").await;
+    assert_eq!(db.int("SELECT COUNT(*) FROM leads", None).await, leads);
+    wait_for(
+        "the second callback deadline",
+        Duration::from_secs(10),
+        async || overdue().await == 2,
+    )
+    .await;
+    // And no third one without a third missed call.
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    assert_eq!(overdue().await, 2);
+}
+
+#[test]
+fn check_names_the_file_and_field_of_notification_mistakes() {
+    let cfg = TestConfig::new(None, SITE, TEAM, "default = \"role:sales\"\n");
+    cfg.write(
+        "team.toml",
+        &format!(
+            "{TEAM}\n[users.nochat]\nname = \"No chat\"\nnotify = [\"telegram\", \"pigeon\"]\n"
+        ),
+    );
+    cfg.write_main(
+        "[notify]\nsupervisors = [\"ghost\"]\n[notify.telegram]\ntoken = \"1:abc\"\n[notify.templates]\nassigned = \"Lead {lead}\"\nbody = \"{summary\"\n",
+    );
+    let (code, _, err) = cli(cfg.path(), &["check"]);
+    assert_eq!(code, 2, "{err}");
+    for want in [
+        "leadgate.toml: notify.supervisors[0]: unknown user \"ghost\"",
+        "leadgate.toml: notify.templates.assigned: unknown placeholder {lead}",
+        "leadgate.toml: notify.templates.body: unclosed {",
+        "team.toml: users.nochat.notify: \"telegram\" needs users.nochat.telegram_chat_id",
+        "team.toml: users.nochat.notify: unknown transport \"pigeon\"",
+        "team.toml: users.head.notify: \"email\" is not enabled",
+    ] {
+        assert!(err.contains(want), "{want:?} not in:\n{err}");
+    }
+}
