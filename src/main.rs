@@ -191,6 +191,8 @@ async fn status(config: &Config) -> anyhow::Result<()> {
     println!("store:    {} reachable", store.backend());
     let (open, missed) = store.open_leads().await?;
     println!("leads:    {open} open, {missed} of them missed calls awaiting a callback");
+    let (pending, failed) = store.notification_backlog().await?;
+    println!("notify:   {pending} notification(s) waiting to be sent, {failed} given up");
     let since = chrono::Utc::now() - chrono::Duration::hours(24);
     let activity = store.activity(since).await?;
     println!();
@@ -369,6 +371,21 @@ async fn explain(config: &Config, inbound_id: i64) -> anyhow::Result<()> {
                 println!(
                     "  timer:       {kind} due {} ({state})",
                     due.format("%Y-%m-%d %H:%M:%S UTC")
+                );
+            }
+            for n in store.lead_notifications(lead.id).await? {
+                let state = match (n.sent_at, n.failed_at) {
+                    (Some(at), _) => format!("sent {}", at.format("%H:%M:%S")),
+                    (None, Some(at)) => format!("gave up {}", at.format("%H:%M:%S")),
+                    (None, None) => "pending".into(),
+                };
+                let error = n
+                    .last_error
+                    .map(|e| format!(", last error: {e}"))
+                    .unwrap_or_default();
+                println!(
+                    "  notified:    {} by {} ({}): {state}, {} attempt(s){error}",
+                    n.recipient, n.transport, n.event, n.attempts
                 );
             }
         }

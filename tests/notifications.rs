@@ -203,6 +203,18 @@ async fn an_assignment_sends_one_telegram_message_and_one_email_with_the_templat
         )
         .await;
     assert_eq!(sent_rows, 2);
+    let inbound = db
+        .int(
+            &format!("SELECT id FROM inbound_messages WHERE lead_id = {lead}"),
+            None,
+        )
+        .await;
+    let (code, out, err) = cli(cfg.path(), &["explain", &inbound.to_string()]);
+    assert_eq!(code, 0, "{err}");
+    for transport in ["telegram", "email"] {
+        let want = format!("notified:    {owner} by {transport} (assigned): sent ");
+        assert!(out.contains(&want), "{want:?} not in {out}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -418,3 +418,48 @@ impl NotifyConfig {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(toml_text: &str) -> Vec<String> {
+        let c: NotifyConfig = toml::from_str(toml_text).unwrap();
+        match c.resolve() {
+            Ok(_) => Vec::new(),
+            Err(p) => p.into_iter().map(|(f, m)| format!("{f}: {m}")).collect(),
+        }
+    }
+
+    #[test]
+    fn transports_are_checked_without_printing_secrets() {
+        assert!(problems("").is_empty());
+        let ok = "[email]\nhost = \"smtp.example.com\"\nusername = \"u\"\npassword = \"pw-secret\"\nfrom = \"Leads <l@example.com>\"\n";
+        assert!(problems(ok).is_empty(), "{:?}", problems(ok));
+        let c: NotifyConfig = toml::from_str(ok).unwrap();
+        let email = c.resolve().unwrap().email.unwrap();
+        assert_eq!((email.port, email.security), (587, SmtpSecurity::Starttls));
+
+        let plain_remote = "[email]\nhost = \"smtp.example.com\"\nsecurity = \"plain\"\nfrom = \"l@example.com\"\n";
+        assert!(problems(plain_remote)[0].starts_with("notify.email.security: "));
+        let plain_local =
+            "[email]\nhost = \"127.0.0.1\"\nsecurity = \"plain\"\nfrom = \"l@example.com\"\n";
+        assert!(problems(plain_local).is_empty());
+        let no_password =
+            "[email]\nhost = \"h.example\"\nusername = \"u\"\nfrom = \"l@example.com\"\n";
+        assert!(problems(no_password)[0].starts_with("notify.email.password_file: "));
+        let bad_from = "[email]\nhost = \"h.example\"\nfrom = \"not an address\"\n";
+        assert!(problems(bad_from)[0].starts_with("notify.email.from: "));
+
+        let bad_token = "[telegram]\ntoken = \"pw-secret\"\n";
+        let p = problems(bad_token);
+        assert!(p[0].starts_with("notify.telegram.token: "), "{p:?}");
+        assert!(!p[0].contains("pw-secret"));
+        let no_token = "[telegram]\n";
+        assert!(problems(no_token)[0].starts_with("notify.telegram.token_file: "));
+        let bad_url = "[telegram]\ntoken = \"1:a\"\napi_url = \"ftp://x\"\n";
+        assert!(problems(bad_url)[0].starts_with("notify.telegram.api_url: "));
+        let link = "[templates]\nlink = \"{link}\"\n";
+        assert!(problems(link)[0].starts_with("notify.templates.link: "));
+    }
+}

@@ -173,3 +173,61 @@ impl Store {
         Ok(())
     }
 }
+
+/// A lead's notification as `leadgate explain` shows it.
+#[derive(Debug, Clone)]
+pub struct NoticeState {
+    pub event: String,
+    pub recipient: String,
+    pub transport: String,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    pub sent_at: Option<DateTime<Utc>>,
+    pub failed_at: Option<DateTime<Utc>>,
+}
+
+impl Store {
+    pub async fn lead_notifications(&self, lead: i64) -> Result<Vec<NoticeState>, StoreError> {
+        Ok(on_pool!(self, pool => {
+            let rows = sqlx::query(
+                "SELECT event, recipient, transport, attempts, last_error, sent_at, failed_at \
+                 FROM notifications WHERE lead_id = $1 ORDER BY id",
+            )
+            .bind(lead)
+            .fetch_all(pool)
+            .await?;
+            rows.iter()
+                .map(|r| {
+                    Ok(NoticeState {
+                        event: r.try_get(0)?,
+                        recipient: r.try_get(1)?,
+                        transport: r.try_get(2)?,
+                        attempts: r.try_get(3)?,
+                        last_error: r.try_get(4)?,
+                        sent_at: r.try_get(5)?,
+                        failed_at: r.try_get(6)?,
+                    })
+                })
+                .collect::<sqlx::Result<Vec<_>>>()?
+        }))
+    }
+}
+
+impl Store {
+    /// `(pending, given up)` notifications, for `leadgate status` (through
+    /// the due index for the pending ones).
+    pub async fn notification_backlog(&self) -> Result<(i64, i64), StoreError> {
+        Ok(on_pool!(self, pool => {
+            let pending: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM notifications WHERE sent_at IS NULL AND failed_at IS NULL",
+            )
+            .fetch_one(pool)
+            .await?;
+            let failed: i64 =
+                sqlx::query_scalar("SELECT COUNT(*) FROM notifications WHERE failed_at IS NOT NULL")
+                    .fetch_one(pool)
+                    .await?;
+            (pending, failed)
+        }))
+    }
+}
