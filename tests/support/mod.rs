@@ -7,6 +7,7 @@ pub mod daemon;
 pub mod db;
 pub mod dovecot;
 pub mod pg;
+pub mod proxy;
 pub mod smtp;
 pub mod telegram;
 pub mod vk;

@@ -1,0 +1,964 @@
+//! Drills (docs/reliability.md, "Drills"): the whole daemon under the faults
+//! production brings, against real peers.
+//!
+//! - Mixed load under SIGKILL: form posts and webhooks (Telegram, VK
+//!   Callback, Mango) from clients that record every 2xx, an IMAP backlog
+//!   appended to a real Dovecot, Telegram and VK long polling against the
+//!   fake APIs; the daemon is SIGKILLed at random moments and restarted.
+//!   Afterwards every acknowledged item is stored exactly once, every mail
+//!   and every update the fakes handed out is stored once, and
+//!   `leadgate audit` is clean, after every kill and at the end.
+//! - Store outage: the link to PostgreSQL cut under load (a TCP proxy in
+//!   between): webhooks answer 503 promptly, `/readyz` goes red and back,
+//!   nothing acknowledged is lost and the backlog drains.
+//! - Peer faults and hostile clients.
+//!
+//! `LEADGATE_DRILL_KILLS` (default 5), `LEADGATE_DRILL_OUTAGE_SECS`
+//! (default 5) and `LEADGATE_DRILL_SEED` (printed by every run) make the
+//! long and the replayed versions.
+
+mod support;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use support::daemon::{Daemon, TEAM, TestConfig, cli};
+use support::db::Db;
+use support::dovecot::{Dovecot, ImapClient};
+use support::pg;
+use support::proxy::{Cut, Proxy};
+use support::telegram::{FakeBotApi, TOKEN};
+use support::vk::{self, FakeVk};
+
+const TG_SECRET: &str = "tg_drill_secret";
+const VK_SECRET: &str = "vk_test_secret";
+const MANGO_KEY: &str = "test_key";
+const MANGO_SALT: &str = "test_salt";
+
+fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(default)
+}
+
+fn seed() -> u64 {
+    let seed = env_number(
+        "LEADGATE_DRILL_SEED",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64
+            % 1_000_000_007,
+    );
+    eprintln!("drill seed: LEADGATE_DRILL_SEED={seed}");
+    seed
+}
+
+// ---------------------------------------------------------------------------
+// The peers and the configuration
+
+struct Peers {
+    tg_hook: FakeBotApi,
+    tg_poll: FakeBotApi,
+    vk: FakeVk,
+    dovecot: Dovecot,
+}
+
+impl Peers {
+    async fn start() -> Option<Peers> {
+        let dovecot = Dovecot::start()?;
+        let vk = FakeVk::start(5_000).await;
+        vk.set_rate_limit(10_000);
+        Some(Peers {
+            tg_hook: FakeBotApi::start().await,
+            tg_poll: FakeBotApi::start().await,
+            vk,
+            dovecot,
+        })
+    }
+
+    fn config(&self, db_url: Option<String>) -> TestConfig {
+        let tg = |api: &FakeBotApi, mode: &str, extra: &str| {
+            format!(
+                "kind = \"telegram\"\nresponsible = \"role:sales\"\n[telegram]\ntoken_file = \"bot.token\"\napi_url = \"{}\"\nmode = \"{mode}\"\npoll_timeout = \"2s\"\n{extra}",
+                api.url()
+            )
+        };
+        let tg_hook = tg(
+            &self.tg_hook,
+            "webhook",
+            &format!(
+                "webhook_secret = \"{TG_SECRET}\"\nwebhook_url = \"https://leads.example/telegram/tghook\"\n"
+            ),
+        );
+        let tg_poll = tg(&self.tg_poll, "polling", "");
+        let vk = |mode: &str| {
+            format!(
+                "kind = \"vk\"\nresponsible = \"role:sales\"\n[vk]\ngroup_id = {}\n{mode}token_file = \"vk.token\"\napi_url = \"{}\"\n",
+                vk::GROUP_ID,
+                self.vk.api_url()
+            )
+        };
+        let vk_cb = vk(&format!(
+            "mode = \"callback\"\nconfirmation = \"a1b2c3d4\"\nsecret = \"{VK_SECRET}\"\n"
+        ));
+        let vk_lp = vk("mode = \"long_poll\"\nwait = \"2s\"\n");
+        let mango = format!(
+            "kind = \"telephony\"\nresponsible = \"role:sales\"\n[telephony]\nprovider = \"mango\"\napi_key = \"{MANGO_KEY}\"\napi_salt = \"{MANGO_SALT}\"\n"
+        );
+        let mail = self.dovecot.channel_toml("");
+        let channels: Vec<(&str, &str)> = vec![
+            (
+                "site",
+                "kind = \"form\"\nresponsible = \"role:sales\"\n[form]\nrate_limit_per_minute = 0\n",
+            ),
+            ("tghook", &tg_hook),
+            ("tgpoll", &tg_poll),
+            ("vkcb", &vk_cb),
+            ("vklp", &vk_lp),
+            ("mango", &mango),
+            ("mail", &mail),
+        ];
+        let cfg = TestConfig::new(db_url, &channels, TEAM, "default = \"role:sales\"\n");
+        cfg.write("bot.token", &format!("{TOKEN}\n"));
+        cfg.write("vk.token", &format!("{}\n", vk::TOKEN));
+        cfg
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Webhook items: one request each, with the `source_ref` it is stored under
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Kind {
+    Form,
+    TgHook,
+    VkCallback,
+    Mango,
+}
+
+impl Kind {
+    fn channel(self) -> &'static str {
+        match self {
+            Kind::Form => "site",
+            Kind::TgHook => "tghook",
+            Kind::VkCallback => "vkcb",
+            Kind::Mango => "mango",
+        }
+    }
+}
+
+struct Item {
+    path: String,
+    content_type: &'static str,
+    headers: Vec<(&'static str, String)>,
+    body: Vec<u8>,
+    source_ref: String,
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Item `i` of a kind. Every item is a different person, so each makes a
+/// lead of its own.
+fn item(kind: Kind, i: u64) -> Item {
+    match kind {
+        Kind::Form => Item {
+            path: "/forms/site".into(),
+            content_type: "application/x-www-form-urlencoded",
+            headers: vec![],
+            body: format!("name=Drill+{i}&phone=8992{i:07}&tranid=drill%3A{i}").into_bytes(),
+            source_ref: format!("drill:{i}"),
+        },
+        Kind::TgHook => {
+            let chat = 610_000_000 + i as i64;
+            let update = tg_update(800_000_000 + i as i64, chat, 1, &format!("webhook {i}"));
+            Item {
+                path: "/telegram/tghook".into(),
+                content_type: "application/json",
+                headers: vec![("x-telegram-bot-api-secret-token", TG_SECRET.into())],
+                body: update.to_string().into_bytes(),
+                source_ref: format!("{chat}:1"),
+            }
+        }
+        Kind::VkCallback => {
+            let from = 851_000_000 + i as i64;
+            let mut event = vk::message_new(from, 1, &format!("callback {i}"));
+            event["secret"] = json!(VK_SECRET);
+            Item {
+                path: "/vk/vkcb".into(),
+                content_type: "application/json",
+                headers: vec![],
+                body: event.to_string().into_bytes(),
+                source_ref: format!("msg:{from}:1"),
+            }
+        }
+        Kind::Mango => {
+            let entry = format!("DRILL{i:08}");
+            let payload = json!({
+                "entry_id": entry, "call_direction": 1,
+                "from": {"number": format!("7993{i:07}")},
+                "to": {"number": "74951112233", "extension": "101"},
+                "line_number": "74951112233", "create_time": 1763283300,
+                "forward_time": 1763283301, "talk_time": 0, "end_time": 1763283325,
+                "entry_result": 0, "disconnect_reason": 1110
+            })
+            .to_string();
+            let sign = hex::encode(Sha256::digest(
+                format!("{MANGO_KEY}{payload}{MANGO_SALT}").as_bytes(),
+            ));
+            Item {
+                path: "/telephony/mango/events/summary".into(),
+                content_type: "application/x-www-form-urlencoded",
+                headers: vec![],
+                body: format!(
+                    "vpbx_api_key={MANGO_KEY}&sign={sign}&json={}",
+                    urlencode(&payload)
+                )
+                .into_bytes(),
+                source_ref: format!("mango:{entry}:summary"),
+            }
+        }
+    }
+}
+
+fn tg_update(update_id: i64, chat: i64, message_id: i64, text: &str) -> Value {
+    json!({
+        "update_id": update_id,
+        "message": {
+            "message_id": message_id,
+            "from": {"id": chat, "is_bot": false, "first_name": "Drill", "language_code": "ru"},
+            "chat": {"id": chat, "first_name": "Drill", "type": "private"},
+            "date": 1763283300,
+            "text": text
+        }
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Clients that behave like providers: send, and send again until a 2xx
+
+#[derive(Default)]
+struct Ledger {
+    /// `(channel, source_ref)` of every item answered 2xx.
+    acked: HashSet<(String, String)>,
+    /// Statuses that a restart or an outage does not explain.
+    unexpected: Vec<String>,
+    refused_503: u64,
+    transport_errors: u64,
+    redeliveries: u64,
+    /// Slowest 503 seen (an outage must be answered promptly).
+    slowest_503: Duration,
+    /// Per path: answers, their total and their longest time.
+    latency: BTreeMap<String, (u64, Duration, Duration)>,
+}
+
+impl Ledger {
+    fn timed(&mut self, path: &str, took: Duration) {
+        let e = self.latency.entry(path.to_owned()).or_default();
+        e.0 += 1;
+        e.1 += took;
+        e.2 = e.2.max(took);
+    }
+
+    fn latencies(&self) -> String {
+        self.latency
+            .iter()
+            .map(|(p, (n, total, max))| {
+                format!(
+                    "{p}: {n} answers, mean {:?}, max {max:?}",
+                    *total / (*n).max(1) as u32
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
+type Shared = Arc<Mutex<Ledger>>;
+
+fn lock(l: &Shared) -> std::sync::MutexGuard<'_, Ledger> {
+    l.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+enum Outcome {
+    Acked,
+    Refused,
+    Failed,
+}
+
+async fn send(client: &reqwest::Client, base: &str, it: &Item, ledger: &Shared) -> Outcome {
+    let mut req = client
+        .post(format!("{base}{}", it.path))
+        .header("content-type", it.content_type)
+        .body(it.body.clone());
+    for (k, v) in &it.headers {
+        req = req.header(*k, v);
+    }
+    let started = Instant::now();
+    let sent = req.send().await;
+    if sent.is_ok() {
+        lock(ledger).timed(&it.path, started.elapsed());
+    }
+    match sent {
+        Ok(r) if r.status().is_success() => {
+            // A 2xx is an acknowledgement only once its body arrived.
+            match r.bytes().await {
+                Ok(_) => Outcome::Acked,
+                Err(_) => Outcome::Failed,
+            }
+        }
+        Ok(r) if r.status() == 503 => {
+            let mut l = lock(ledger);
+            l.refused_503 += 1;
+            l.slowest_503 = l.slowest_503.max(started.elapsed());
+            Outcome::Refused
+        }
+        Ok(r) => {
+            let status = r.status();
+            let body = r.text().await.unwrap_or_default();
+            lock(ledger).unexpected.push(format!(
+                "{} {}: HTTP {status} {body}",
+                it.path, it.source_ref
+            ));
+            Outcome::Refused
+        }
+        Err(_) => {
+            lock(ledger).transport_errors += 1;
+            Outcome::Failed
+        }
+    }
+}
+
+/// Send items of `kind` (numbers from `next`) until `stop`; each one again
+/// until it is acknowledged; now and then an acknowledged one once more,
+/// as providers redeliver.
+async fn provider(
+    kind: Kind,
+    base: String,
+    next: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    ledger: Shared,
+    seed: u64,
+) {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let give_up = Instant::now() + Duration::from_secs(600);
+    while !stop.load(Ordering::Relaxed) {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        let it = item(kind, i);
+        loop {
+            match send(&client, &base, &it, &ledger).await {
+                Outcome::Acked => break,
+                Outcome::Refused => tokio::time::sleep(Duration::from_millis(100)).await,
+                Outcome::Failed => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+            assert!(
+                Instant::now() < give_up,
+                "{kind:?} {i} not acknowledged in 10 minutes"
+            );
+        }
+        let fresh = lock(&ledger)
+            .acked
+            .insert((kind.channel().to_owned(), it.source_ref.clone()));
+        assert!(fresh, "{kind:?} {i} acknowledged twice");
+        if rng.random_ratio(1, 10) {
+            // A redelivery of what was acknowledged: answered 2xx again
+            // (or refused while the daemon restarts), never stored twice.
+            lock(&ledger).redeliveries += 1;
+            let _ = send(&client, &base, &it, &ledger).await;
+        }
+        tokio::time::sleep(Duration::from_millis(rng.random_range(0..10))).await;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Pulled sources: mail appended to Dovecot, updates queued in the fakes
+
+fn mail(i: u64) -> Vec<u8> {
+    format!(
+        "From: Drill {i} <drill{i}@example.org>\r\nTo: lead@example.test\r\nSubject: =?utf-8?b?0JfQsNGP0LLQutCw?= {i}\r\nMessage-ID: <drill-{i}@example.org>\r\nDate: Mon, 23 Nov 2026 10:00:00 +0000\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nПерезвоните: +7 994 {i:07}\r\n"
+    )
+    .into_bytes()
+}
+
+/// Append mail until `stop`; returns how many (numbered from 0).
+fn append_mail(port: u16, stop: Arc<AtomicBool>, every: Duration) -> u64 {
+    let mut imap = ImapClient::login(port);
+    let mut n = 0;
+    while !stop.load(Ordering::Relaxed) {
+        imap.append("INBOX", &mail(n));
+        n += 1;
+        std::thread::sleep(every);
+    }
+    n
+}
+
+async fn push_updates(tg: FakeBotApi, vk: FakeVk, stop: Arc<AtomicBool>) -> (u64, u64) {
+    let mut n = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let chat = 620_000_000 + n as i64;
+        tg.push(tg_update(
+            900_000_000 + n as i64,
+            chat,
+            1,
+            &format!("poll {n}"),
+        ));
+        vk.push([vk::message_new(
+            852_000_000 + n as i64,
+            1,
+            &format!("lp {n}"),
+        )]);
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    (n, n)
+}
+
+fn tg_poll_ref(n: u64) -> String {
+    format!("{}:1", 620_000_000 + n)
+}
+
+fn vk_lp_ref(n: u64) -> String {
+    format!("msg:{}:1", 852_000_000 + n)
+}
+
+fn mail_ref(n: u64) -> String {
+    format!("msgid:drill-{n}@example.org")
+}
+
+// ---------------------------------------------------------------------------
+// What is stored
+
+/// `(channel, source_ref)` → how many inbound rows.
+async fn stored(db: &Db) -> HashMap<(String, String), u64> {
+    let mut all = HashMap::new();
+    for row in db
+        .texts("SELECT channel_id || ' ' || source_ref FROM inbound_messages")
+        .await
+        .into_iter()
+        .flatten()
+    {
+        let (c, r) = row.split_once(' ').unwrap();
+        *all.entry((c.to_owned(), r.to_owned())).or_default() += 1;
+    }
+    all
+}
+
+async fn count_in(db: &Db, channel: &str) -> u64 {
+    db.int(
+        "SELECT COUNT(*) FROM inbound_messages WHERE channel_id = $1",
+        Some(channel),
+    )
+    .await as u64
+}
+
+fn audit(cfg: &std::path::Path) -> Result<(), String> {
+    let (code, out, err) = cli(cfg, &["audit"]);
+    if code == 0 {
+        Ok(())
+    } else {
+        Err(format!("leadgate audit exited {code}:\n{out}{err}"))
+    }
+}
+
+/// Check, at the moment the fake Bot API is asked to forget updates, that
+/// they are stored (an offset confirms only what is committed).
+fn check_tg_confirmations(api: &FakeBotApi, db: Arc<Db>, channel: &'static str) {
+    api.check_confirmations(Arc::new(move |updates: Vec<Value>| {
+        let db = db.clone();
+        Box::pin(async move {
+            for u in updates {
+                let m = &u["message"];
+                let r = format!("{}:{}", m["chat"]["id"], m["message_id"]);
+                let n = db
+                    .int(
+                        &format!(
+                            "SELECT COUNT(*) FROM inbound_messages WHERE channel_id = '{channel}' AND source_ref = $1"
+                        ),
+                        Some(&r),
+                    )
+                    .await;
+                if n != 1 {
+                    return Err(format!("update {} confirmed, stored {n} times", u["update_id"]));
+                }
+            }
+            Ok(())
+        })
+    }));
+}
+
+// ---------------------------------------------------------------------------
+// Drill 1: mixed load under SIGKILL
+
+const CLIENTS: &[(Kind, usize)] = &[
+    (Kind::Form, 3),
+    (Kind::TgHook, 2),
+    (Kind::VkCallback, 2),
+    (Kind::Mango, 2),
+];
+
+struct Load {
+    ledger: Shared,
+    stop: Arc<AtomicBool>,
+    stop_pulled: Arc<AtomicBool>,
+    providers: Vec<tokio::task::JoinHandle<()>>,
+    appender: tokio::task::JoinHandle<u64>,
+    pusher: tokio::task::JoinHandle<(u64, u64)>,
+}
+
+impl Load {
+    /// Start the load once the daemon is up and its VK long poll has begun
+    /// (a channel's first start reads VK from that moment on, by design:
+    /// earlier events are not the daemon's to read).
+    async fn start(peers: &Peers, base: &str, seed: u64, mail_every: Duration) -> Load {
+        peers.vk.wait_for_polls(1, Duration::from_secs(30)).await;
+        let ledger: Shared = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop_pulled = Arc::new(AtomicBool::new(false));
+        let mut providers = Vec::new();
+        for (k, (kind, n)) in CLIENTS.iter().enumerate() {
+            let next = Arc::new(AtomicU64::new(0));
+            for c in 0..*n {
+                providers.push(tokio::spawn(provider(
+                    *kind,
+                    base.to_owned(),
+                    next.clone(),
+                    stop.clone(),
+                    ledger.clone(),
+                    seed.wrapping_add((k * 16 + c) as u64),
+                )));
+            }
+        }
+        let (port, s) = (peers.dovecot.port, stop_pulled.clone());
+        let appender = tokio::task::spawn_blocking(move || append_mail(port, s, mail_every));
+        let pusher = tokio::spawn(push_updates(
+            peers.tg_poll.clone(),
+            peers.vk.clone(),
+            stop_pulled.clone(),
+        ));
+        Load {
+            ledger,
+            stop,
+            stop_pulled,
+            providers,
+            appender,
+            pusher,
+        }
+    }
+
+    /// Stop making new items; wait until every one sent is acknowledged.
+    async fn finish(self) -> (Ledger, u64, (u64, u64)) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.stop_pulled.store(true, Ordering::Relaxed);
+        for p in self.providers {
+            p.await.unwrap();
+        }
+        let mails = self.appender.await.unwrap();
+        let updates = self.pusher.await.unwrap();
+        let ledger = std::mem::take(&mut *lock(&self.ledger));
+        (ledger, mails, updates)
+    }
+}
+
+/// Wait until the pulled sources are drained: every mail and update
+/// stored. Says what is still missing when `within` ran out (the check
+/// that follows names the items).
+async fn drain(
+    db: &Db,
+    peers: &Peers,
+    mails: u64,
+    updates: (u64, u64),
+    within: Duration,
+) -> Result<(), String> {
+    let deadline = Instant::now() + within;
+    loop {
+        let (m, t, v) = (
+            count_in(db, "mail").await,
+            count_in(db, "tgpoll").await,
+            count_in(db, "vklp").await,
+        );
+        if m >= mails && t >= updates.0 && v >= updates.1 && peers.tg_poll.pending() == 0 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "not drained within {within:?}: mail {m}/{mails}, telegram {t}/{}, vk {v}/{}, telegram pending {}",
+                updates.0,
+                updates.1,
+                peers.tg_poll.pending()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn expected(
+    ledger: &Ledger,
+    mails: u64,
+    updates: (u64, u64),
+) -> BTreeMap<&'static str, Vec<String>> {
+    let mut expected: BTreeMap<&'static str, Vec<String>> = BTreeMap::new();
+    for (channel, r) in &ledger.acked {
+        let channel = CLIENTS
+            .iter()
+            .map(|(k, _)| k.channel())
+            .find(|c| c == channel)
+            .unwrap();
+        expected.entry(channel).or_default().push(r.clone());
+    }
+    expected.insert("mail", (0..mails).map(mail_ref).collect());
+    expected.insert("tgpoll", (0..updates.0).map(tg_poll_ref).collect());
+    expected.insert("vklp", (0..updates.1).map(vk_lp_ref).collect());
+    expected
+}
+
+/// Every expected `(channel, source_ref)` stored exactly once; nothing
+/// stored twice; no lead twice. Returns a line per channel.
+async fn check_exactly_once(
+    db: &Db,
+    expected: &BTreeMap<&'static str, Vec<String>>,
+) -> Result<Vec<String>, String> {
+    let stored = stored(db).await;
+    let mut problems = Vec::new();
+    let mut lines = Vec::new();
+    for (channel, refs) in expected {
+        let mut missing = 0;
+        for r in refs {
+            match stored.get(&(channel.to_string(), r.clone())) {
+                Some(1) => {}
+                Some(n) => problems.push(format!("{channel} {r} stored {n} times")),
+                None => {
+                    missing += 1;
+                    if missing <= 5 {
+                        problems.push(format!("{channel} {r} acknowledged, not stored"));
+                    }
+                }
+            }
+        }
+        if missing > 5 {
+            problems.push(format!("{channel}: {missing} missing in all"));
+        }
+        let in_db: u64 = stored
+            .iter()
+            .filter(|((c, _), _)| c == channel)
+            .map(|(_, n)| n)
+            .sum();
+        lines.push(format!(
+            "{channel}: {} expected, {in_db} stored",
+            refs.len()
+        ));
+    }
+    for ((c, r), n) in &stored {
+        if *n > 1 {
+            problems.push(format!("{c} {r} stored {n} times"));
+        }
+    }
+    let twice = db
+        .int(
+            "SELECT COUNT(*) FROM (SELECT channel_id, source_ref FROM leads \
+             GROUP BY channel_id, source_ref HAVING COUNT(*) > 1) d",
+            None,
+        )
+        .await;
+    if twice > 0 {
+        problems.push(format!("{twice} lead(s) exist twice"));
+    }
+    if problems.is_empty() {
+        Ok(lines)
+    } else {
+        Err(problems.join("\n"))
+    }
+}
+
+async fn sigkill_drill(db_url: Option<String>, peers: Peers) {
+    let seed = seed();
+    let kills = env_number("LEADGATE_DRILL_KILLS", 5) as usize;
+    let cfg = peers.config(db_url);
+    let started = Instant::now();
+    let daemon = Arc::new(Mutex::new(Daemon::start(&cfg)));
+    let db = Arc::new(Db::open(&cfg.db_url).await);
+    check_tg_confirmations(&peers.tg_poll, db.clone(), "tgpoll");
+    let load = Load::start(&peers, &cfg.base_url(), seed, Duration::from_millis(30)).await;
+
+    // The killer: SIGKILL at a random moment, audit the dead daemon's
+    // database, start it again.
+    let killer = {
+        let daemon = daemon.clone();
+        let dir = cfg.path().to_owned();
+        tokio::task::spawn_blocking(move || {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let mut restarts = Vec::new();
+            let mut audits = Vec::new();
+            for k in 0..kills {
+                std::thread::sleep(Duration::from_millis(rng.random_range(300..1500)));
+                let mut d = daemon.lock().unwrap();
+                d.kill9();
+                if let Err(e) = audit(&dir) {
+                    audits.push(format!("after kill {}: {e}", k + 1));
+                }
+                let t = Instant::now();
+                d.restart();
+                restarts.push(t.elapsed());
+            }
+            (restarts, audits)
+        })
+    };
+    let (restarts, audits) = killer.await.unwrap();
+    let last_restart = Instant::now();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (ledger, mails, updates) = load.finish().await;
+    let acked_all = Instant::now();
+    let drain_result = drain(&db, &peers, mails, updates, Duration::from_secs(60)).await;
+    let drained = last_restart.elapsed();
+    let settle = acked_all.elapsed();
+
+    let ctx = format!("(seed {seed}, {kills} kills)");
+    assert!(audits.is_empty(), "{ctx}: {}", audits.join("\n"));
+    assert!(
+        ledger.unexpected.is_empty(),
+        "{ctx}: answers a restart does not explain:\n{}",
+        ledger.unexpected.join("\n")
+    );
+    assert_eq!(
+        peers.tg_poll.violations(),
+        Vec::<String>::new(),
+        "{ctx}: Telegram updates confirmed before they were stored"
+    );
+    let expected = expected(&ledger, mails, updates);
+    let lines = check_exactly_once(&db, &expected)
+        .await
+        .unwrap_or_else(|e| panic!("{ctx}:\n{e}\n{drain_result:?}"));
+    drain_result.unwrap_or_else(|e| panic!("{ctx}: {e}"));
+    audit(cfg.path()).unwrap_or_else(|e| panic!("{ctx}: final {e}"));
+    let max_restart = restarts.iter().max().copied().unwrap_or_default();
+    eprintln!(
+        "DRILL sigkill {ctx}: answer times {}\n  {} acknowledged by HTTP + {mails} mails + {} Telegram + {} VK updates; \
+         {} redeliveries, {} answers 503, {} transport errors; every item stored once, no lead twice, audit clean; \
+         slowest restart {max_restart:?}, drained {drained:?} after the last restart ({settle:?} after the last ack); \
+         whole drill {:?}\n  {}",
+        ledger.latencies(),
+        ledger.acked.len(),
+        updates.0,
+        updates.1,
+        ledger.redeliveries,
+        ledger.refused_503,
+        ledger.transport_errors,
+        started.elapsed(),
+        lines.join("\n  ")
+    );
+    drop(daemon);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_under_mixed_load_on_sqlite() {
+    let Some(peers) = Peers::start().await else {
+        return;
+    };
+    sigkill_drill(None, peers).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_under_mixed_load_on_postgres() {
+    let Some(pg) = pg::server() else { return };
+    let Some(peers) = Peers::start().await else {
+        return;
+    };
+    sigkill_drill(Some(pg.create_database()), peers).await;
+}
+
+// ---------------------------------------------------------------------------
+// Drill 2: the store unreachable under load (PostgreSQL behind a proxy)
+
+/// Ask `/readyz` every 200 ms until `stop`; `(since start, status)`.
+async fn watch_readiness(base: String, stop: Arc<AtomicBool>) -> Vec<(Duration, u16)> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let mut seen = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        let status = match client.get(format!("{base}/readyz")).send().await {
+            Ok(r) => r.status().as_u16(),
+            Err(_) => 0,
+        };
+        seen.push((started.elapsed(), status));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    seen
+}
+
+/// Wait until `/readyz` answers 200; how long it took.
+async fn until_ready(base: &str, within: Duration) -> Duration {
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    loop {
+        if let Ok(r) = client.get(format!("{base}/readyz")).send().await
+            && r.status() == 200
+        {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < within,
+            "/readyz still red {within:?} after the database came back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Every answer while the database is unreachable comes within this: the
+/// pool's `acquire_timeout` (1 s in the tests) and some slack for a loaded
+/// machine. Not a performance figure: a hung request is one that waits for
+/// the database to come back.
+const PROMPT: Duration = Duration::from_secs(5);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_down_under_load_answers_503_and_recovers_without_loss() {
+    outage_drill(&[Cut::Refuse]).await;
+}
+
+/// A network partition: the database's connections stop answering without
+/// being closed. Fails today: a commit in flight on a frozen connection has
+/// no deadline, and the single writer waits for it, so every write of every
+/// channel hangs until the partition heals (or the kernel gives up on the
+/// connection, ~15 min) instead of answering 503. Reported with this test;
+/// the fix belongs in src/store/writer.rs (a deadline on each commit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "open bug: a partition from PostgreSQL hangs every write (no commit deadline in the store writer)"]
+async fn postgres_partition_under_load_answers_503_and_recovers_without_loss() {
+    outage_drill(&[Cut::Blackhole]).await;
+}
+
+async fn outage_drill(cuts: &[Cut]) {
+    let Some(pg) = pg::server() else { return };
+    let Some(peers) = Peers::start().await else {
+        return;
+    };
+    let seed = seed();
+    let outage = Duration::from_secs(env_number("LEADGATE_DRILL_OUTAGE_SECS", 5));
+    let direct = pg.create_database();
+    let proxy = Proxy::start(pg.port).await;
+    let via_proxy = direct.replace(
+        &format!("127.0.0.1:{}/", pg.port),
+        &format!("127.0.0.1:{}/", proxy.port),
+    );
+    let cfg = peers.config(Some(via_proxy));
+    let base = cfg.base_url();
+    let daemon = Daemon::start(&cfg);
+    let db = Arc::new(Db::open(&direct).await);
+    check_tg_confirmations(&peers.tg_poll, db.clone(), "tgpoll");
+    let load = Load::start(&peers, &base, seed, Duration::from_millis(50)).await;
+    let stop_watch = Arc::new(AtomicBool::new(false));
+    let readiness = tokio::spawn(watch_readiness(base.clone(), stop_watch.clone()));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let mut phases = Vec::new();
+    for &how in cuts {
+        lock(&load.ledger).latency.clear();
+        lock(&load.ledger).slowest_503 = Duration::ZERO;
+        let acked_before = lock(&load.ledger).acked.len();
+        let refused_before = lock(&load.ledger).refused_503;
+        let accepted_before = proxy.accepted();
+        let cut_at = Instant::now();
+        proxy.cut(how);
+        tokio::time::sleep(outage).await;
+        // What was acknowledged during the cut was committed before it.
+        let during = lock(&load.ledger).acked.len() - acked_before;
+        proxy.restore();
+        let recovered = until_ready(&base, Duration::from_secs(60)).await;
+        let (refused, slowest_503, slowest) = {
+            let l = lock(&load.ledger);
+            let slowest = l.latency.values().map(|(_, _, max)| *max).max();
+            (
+                l.refused_503 - refused_before,
+                l.slowest_503,
+                slowest.unwrap_or_default(),
+            )
+        };
+        phases.push(format!(
+            "{how:?} for {outage:?}: {refused} answers 503 (slowest {slowest_503:?}, slowest answer of all {slowest:?}), \
+             {during} acknowledged while cut (in flight before), {} connection attempts to the database, \
+             ready again {recovered:?} after the link came back",
+            proxy.accepted() - accepted_before
+        ));
+        eprintln!("{}", phases.last().unwrap());
+        assert!(
+            refused > 0,
+            "{how:?}: no 503 during the outage (seed {seed})"
+        );
+        assert!(
+            slowest < PROMPT,
+            "{how:?} (seed {seed}): an answer took {slowest:?} while the database was unreachable: \
+             it waited for the database instead of answering 503 within {PROMPT:?}"
+        );
+        let _ = cut_at;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+
+    let (ledger, mails, updates) = load.finish().await;
+    stop_watch.store(true, Ordering::Relaxed);
+    let seen = readiness.await.unwrap();
+    let drain_started = Instant::now();
+    let drain_result = drain(&db, &peers, mails, updates, Duration::from_secs(60)).await;
+    let drained = drain_started.elapsed();
+
+    let ctx = format!("(seed {seed})");
+    assert!(
+        ledger.unexpected.is_empty(),
+        "{ctx}: answers other than 2xx and 503 during the outage:\n{}",
+        ledger.unexpected.join("\n")
+    );
+    let red = seen.iter().filter(|(_, s)| *s == 503).count();
+    assert!(red > 0, "{ctx}: /readyz never went red: {seen:?}");
+    assert_eq!(
+        seen.last().map(|(_, s)| *s),
+        Some(200),
+        "{ctx}: /readyz is green at the end"
+    );
+    assert_eq!(
+        peers.tg_poll.violations(),
+        Vec::<String>::new(),
+        "{ctx}: Telegram updates confirmed before they were stored"
+    );
+    let expected = expected(&ledger, mails, updates);
+    let lines = check_exactly_once(&db, &expected)
+        .await
+        .unwrap_or_else(|e| panic!("{ctx}:\n{e}\n{drain_result:?}"));
+    drain_result.unwrap_or_else(|e| panic!("{ctx}: {e}"));
+    audit(cfg.path()).unwrap_or_else(|e| panic!("{ctx}: final {e}"));
+    eprintln!(
+        "DRILL outage {ctx}: answer times {}\n  {} acknowledged by HTTP + {mails} mails + {} Telegram + {} VK updates, \
+         {} answers 503 (slowest {:?}), {} transport errors; /readyz red {red} of {} checks; \
+         backlog drained {drained:?} after the load stopped; every item stored once, audit clean\n  {}\n  {}",
+        ledger.latencies(),
+        ledger.acked.len(),
+        updates.0,
+        updates.1,
+        ledger.refused_503,
+        ledger.slowest_503,
+        ledger.transport_errors,
+        seen.len(),
+        phases.join("\n  "),
+        lines.join("\n  ")
+    );
+    drop(daemon);
+}
