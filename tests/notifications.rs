@@ -325,6 +325,58 @@ async fn a_failing_peer_is_retried_with_backoff_and_gets_the_message_once() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_notification_older_than_max_age_is_given_up_with_an_error() {
+    // Telegram never comes back.
+    let bot_port = support::free_port();
+    let cfg = TestConfig::new(None, SITE, TEAM, "default = \"role:sales\"\n");
+    cfg.write("notifier.token", &format!("{TOKEN}\n"));
+    let team = TEAM.replace("notify = [\"email\"]\n", "");
+    cfg.write("team.toml", &team);
+    cfg.write_main(&format!(
+        "[notify]\npoll_every = \"50ms\"\nretry_first = \"200ms\"\nretry_max = \"400ms\"\nmax_age = \"1500ms\"\n\
+         [notify.telegram]\ntoken_file = \"notifier.token\"\napi_url = \"http://127.0.0.1:{bot_port}/\"\n"
+    ));
+    let db = Db::open(&cfg.db_url).await;
+    let daemon = Daemon::start(&cfg);
+    let lead = post(&cfg, "name=Fay&phone=89990000006").await;
+    wait_for("giving up", Duration::from_secs(10), async || {
+        db.int(
+            &format!("SELECT COUNT(*) FROM notifications WHERE lead_id = {lead} AND failed_at IS NOT NULL"),
+            None,
+        )
+        .await
+            == 1
+    })
+    .await;
+    let row = db
+        .row(
+            "SELECT CAST(attempts AS TEXT) AS attempts, last_error, CAST(sent_at AS TEXT) AS sent_at \
+             FROM notifications WHERE lead_id = $1",
+            lead,
+        )
+        .await
+        .unwrap();
+    let attempts: i64 = row["attempts"].as_deref().unwrap().parse().unwrap();
+    assert!(attempts >= 3, "retried before giving up: {row:?}");
+    assert!(row["last_error"].is_some(), "{row:?}");
+    assert_eq!(row["sent_at"], None);
+    let log = daemon.log_text();
+    assert!(
+        log.contains("ERROR") && log.contains("notification given up"),
+        "{log}"
+    );
+    // Nothing is tried after that.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let again = db
+        .int(
+            &format!("SELECT attempts FROM notifications WHERE lead_id = {lead}"),
+            None,
+        )
+        .await;
+    assert_eq!(again, attempts);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_restart_between_commit_and_delivery_still_delivers_once() {
     let peers = Peers::start().await;
     // The delivery task looks once at start, then not for an hour: the

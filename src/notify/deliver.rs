@@ -18,9 +18,6 @@ use super::template::tidy;
 use super::transport::{EmailSender, SendError, TelegramSender};
 use crate::store::{OutboxRow, Store};
 
-/// Rows sent per round at most (the rest wait for the next round).
-const ROUND: i64 = 64;
-
 /// The settings in force and the clients built from them.
 struct Current {
     settings: Arc<NotifySettings>,
@@ -84,12 +81,22 @@ fn build(settings: Arc<NotifySettings>) -> Current {
     }
 }
 
-/// Deliver until `shutdown`.
+/// Sends in flight at most; more due rows wait for a free slot.
+const IN_FLIGHT: usize = 64;
+
+/// Deliver until `shutdown`. Sends run as tasks of their own, so a slow
+/// peer (teloxide waits 10s after a 5xx) holds up only its own rows.
 pub async fn run(notifier: Arc<Notifier>, shutdown: CancellationToken) {
+    let mut sending = JoinSet::new();
     loop {
+        while let Some(done) = sending.try_join_next() {
+            if let Err(e) = done {
+                tracing::error!(error = %e, "a notification send task failed");
+            }
+        }
         let every = notifier.current().settings.poll_every;
-        match round(&notifier).await {
-            Ok(sent) if sent > 0 => continue,
+        match round(&notifier, &mut sending).await {
+            Ok(taken) if taken > 0 && sending.len() < IN_FLIGHT => continue,
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "notification delivery round failed; retrying"),
         }
@@ -98,13 +105,29 @@ pub async fn run(notifier: Arc<Notifier>, shutdown: CancellationToken) {
             _ = tokio::time::sleep(every) => {}
         }
     }
+    // What is being sent finishes (and is recorded) before the process
+    // ends; a row not recorded is sent again after its claim runs out.
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while sending.join_next().await.is_some() {}
+    })
+    .await;
 }
 
-/// One round: claim what is due and send it, concurrently (one slow peer
-/// must not hold up the other transport). Returns how many rows it took.
-async fn round(notifier: &Arc<Notifier>) -> Result<usize, crate::store::StoreError> {
+/// Claim what is due (while slots are free) and start sending it. Returns
+/// how many rows it took.
+async fn round(
+    notifier: &Arc<Notifier>,
+    sending: &mut JoinSet<()>,
+) -> Result<usize, crate::store::StoreError> {
+    let free = IN_FLIGHT.saturating_sub(sending.len());
+    if free == 0 {
+        return Ok(0);
+    }
     let now = Utc::now();
-    let due = notifier.store.due_notifications(now, ROUND).await?;
+    let due = notifier
+        .store
+        .due_notifications(now, i64::try_from(free).unwrap_or(1))
+        .await?;
     let current = notifier.current();
     let s = &current.settings;
     // Longer than any send may take, so a claim is never taken over while
@@ -120,7 +143,6 @@ async fn round(notifier: &Arc<Notifier>) -> Result<usize, crate::store::StoreErr
     // teloxide waits 10s after a 5xx before it reports it.
     let until =
         now + chrono::Duration::from_std(timeout * 2 + Duration::from_secs(15)).unwrap_or_default();
-    let mut tasks = JoinSet::new();
     let mut taken = 0;
     for (id, _) in due {
         let Some(row) = notifier.store.claim_notification(id, now, until).await? else {
@@ -128,12 +150,7 @@ async fn round(notifier: &Arc<Notifier>) -> Result<usize, crate::store::StoreErr
         };
         taken += 1;
         let (notifier, current) = (notifier.clone(), current.clone());
-        tasks.spawn(async move { attempt(&notifier, &current, row).await });
-    }
-    while let Some(done) = tasks.join_next().await {
-        if let Err(e) = done {
-            tracing::error!(error = %e, "a notification send task failed");
-        }
+        sending.spawn(async move { attempt(&notifier, &current, row).await });
     }
     Ok(taken)
 }
