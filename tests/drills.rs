@@ -962,3 +962,236 @@ async fn outage_drill(cuts: &[Cut]) {
     );
     drop(daemon);
 }
+
+// ---------------------------------------------------------------------------
+// Drill 3: peers that fail, clients that vanish
+
+/// Telegram's API broken for a while, three ways (500s, a body that is not
+/// JSON, no answer at all): nothing is lost or stored twice, and the poller
+/// backs off instead of hammering the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn telegram_api_failing_for_a_while_loses_nothing_and_backs_off() {
+    use support::telegram::Broken;
+    let window = Duration::from_secs(env_number("LEADGATE_DRILL_FAULT_SECS", 6));
+    let api = FakeBotApi::start().await;
+    let channel = format!(
+        "kind = \"telegram\"\nresponsible = \"role:sales\"\n[telegram]\ntoken_file = \"bot.token\"\napi_url = \"{}\"\nmode = \"polling\"\npoll_timeout = \"2s\"\n",
+        api.url()
+    );
+    let cfg = TestConfig::new(
+        None,
+        &[("tgpoll", channel.as_str())],
+        TEAM,
+        "default = \"role:sales\"\n",
+    );
+    cfg.write("bot.token", &format!("{TOKEN}\n"));
+    let _daemon = Daemon::start(&cfg);
+    let db = Arc::new(Db::open(&cfg.db_url).await);
+    check_tg_confirmations(&api, db.clone(), "tgpoll");
+    let mut pushed = 0u64;
+    let mut push = |n: u64| {
+        for _ in 0..n {
+            api.push(tg_update(
+                900_000_000 + pushed as i64,
+                620_000_000 + pushed as i64,
+                1,
+                "fault",
+            ));
+            pushed += 1;
+        }
+    };
+    push(3);
+    api.wait_for("the first updates", Duration::from_secs(30), |a| {
+        a.pending() == 0
+    })
+    .await;
+
+    let mut report = Vec::new();
+    for how in [Broken::ServerError, Broken::Garbage, Broken::Hang] {
+        let calls_before = api.calls("getUpdates").len() + api.calls("getMe").len();
+        api.set_broken(Some(how));
+        push(3);
+        tokio::time::sleep(window).await;
+        let calls = api.calls("getUpdates").len() + api.calls("getMe").len() - calls_before;
+        api.set_broken(None);
+        let mended = Instant::now();
+        api.wait_for(
+            &format!("the updates after {how:?}"),
+            Duration::from_secs(90),
+            |a| a.pending() == 0,
+        )
+        .await;
+        report.push(format!(
+            "{how:?} for {window:?}: {calls} calls, caught up {:?} after it was mended",
+            mended.elapsed()
+        ));
+        // One call a second would be a busy loop slowed by nothing but
+        // luck; a backoff from 1 s doubling makes about log2 of the window.
+        assert!(
+            (calls as u64) <= window.as_secs() + 2,
+            "{how:?}: {calls} calls in {window:?}: no backoff"
+        );
+    }
+    let expected = BTreeMap::from([("tgpoll", (0..pushed).map(tg_poll_ref).collect())]);
+    let lines = check_exactly_once(&db, &expected)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(api.violations(), Vec::<String>::new());
+    audit(cfg.path()).unwrap();
+    eprintln!(
+        "DRILL telegram faults: {}\n  {}",
+        report.join("; "),
+        lines.join("; ")
+    );
+}
+
+/// Raw HTTP/1.1 request bytes.
+fn raw_request(it: &Item, port: u16) -> Vec<u8> {
+    let mut head = format!(
+        "POST {} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: {}\r\nContent-Length: {}\r\n",
+        it.path,
+        it.content_type,
+        it.body.len()
+    );
+    for (k, v) in &it.headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    let mut bytes = head.into_bytes();
+    bytes.extend_from_slice(&it.body);
+    bytes
+}
+
+/// A client that sends a whole request and hangs up before the answer, then
+/// (not having seen a 2xx) sends it again: each item is stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_hanging_up_before_the_answer_then_retrying_stores_once() {
+    use tokio::io::AsyncWriteExt;
+    let Some(peers) = Peers::start().await else {
+        return;
+    };
+    let seed = seed();
+    let cfg = peers.config(None);
+    let _daemon = Daemon::start(&cfg);
+    let port = cfg.port;
+    let base = cfg.base_url();
+    let mut tasks = Vec::new();
+    for (t, kind) in [Kind::Form, Kind::TgHook, Kind::VkCallback, Kind::Mango]
+        .into_iter()
+        .enumerate()
+    {
+        let base = base.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut rng = StdRng::seed_from_u64(seed + t as u64);
+            let client = reqwest::Client::new();
+            let ledger: Shared = Arc::default();
+            let mut refs = Vec::new();
+            for i in 0..40 {
+                let it = item(kind, 10_000 + i);
+                let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .unwrap();
+                s.write_all(&raw_request(&it, port)).await.unwrap();
+                // Gone at once, a little later, or when the answer is
+                // probably being written.
+                let wait = rng.random_range(0..4u64) * rng.random_range(0..4u64);
+                tokio::time::sleep(Duration::from_millis(wait)).await;
+                drop(s);
+                loop {
+                    match send(&client, &base, &it, &ledger).await {
+                        Outcome::Acked => break,
+                        _ => tokio::time::sleep(Duration::from_millis(50)).await,
+                    }
+                }
+                refs.push(it.source_ref);
+            }
+            (kind.channel(), refs, lock(&ledger).unexpected.clone())
+        }));
+    }
+    let mut expected = BTreeMap::new();
+    for t in tasks {
+        let (channel, refs, unexpected) = t.await.unwrap();
+        assert!(unexpected.is_empty(), "{unexpected:?}");
+        expected.insert(channel, refs);
+    }
+    let db = Db::open(&cfg.db_url).await;
+    let lines = check_exactly_once(&db, &expected)
+        .await
+        .unwrap_or_else(|e| panic!("(seed {seed}) {e}"));
+    audit(cfg.path()).unwrap();
+    eprintln!("DRILL hang-ups (seed {seed}): {}", lines.join("; "));
+}
+
+/// Oversized bodies are refused with 413 on every push endpoint, and a body
+/// that trickles in is cut off by `http.request_timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn oversized_bodies_get_413_and_slow_bodies_time_out() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Some(peers) = Peers::start().await else {
+        return;
+    };
+    let cfg = peers.config(None);
+    let _daemon = Daemon::start_with_env(&cfg, &[("LEADGATE__HTTP__REQUEST_TIMEOUT", "2s")]);
+    let client = reqwest::Client::new();
+    for kind in [Kind::Form, Kind::TgHook, Kind::VkCallback, Kind::Mango] {
+        let mut it = item(kind, 20_000);
+        it.body.resize(8 << 20, b' ');
+        let mut req = client
+            .post(format!("{}{}", cfg.base_url(), it.path))
+            .header("content-type", it.content_type)
+            .body(it.body.clone());
+        for (k, v) in &it.headers {
+            req = req.header(*k, v);
+        }
+        match req.send().await {
+            Ok(r) => assert_eq!(r.status(), 413, "{kind:?}: {}", r.text().await.unwrap()),
+            // The server may answer 413 and close before the whole body is
+            // sent; the client then sees the reset, never a 2xx.
+            Err(e) => eprintln!("{kind:?}: 8 MiB body: {e}"),
+        }
+    }
+
+    // Slowloris: the headers and a byte of the body, then a byte a second.
+    let it = item(Kind::Form, 20_001);
+    let bytes = raw_request(&it, cfg.port);
+    let head = bytes.len() - it.body.len();
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", cfg.port))
+        .await
+        .unwrap();
+    s.write_all(&bytes[..head + 1]).await.unwrap();
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    let mut sent = head + 1;
+    loop {
+        let mut buf = [0u8; 1024];
+        tokio::select! {
+            n = s.read(&mut buf) => {
+                let n = n.unwrap_or(0);
+                if n == 0 { break; }
+                answer.extend_from_slice(&buf[..n]);
+                if answer.windows(4).any(|w| w == b"\r\n\r\n") { break; }
+            }
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                if sent < bytes.len() - 1 {
+                    let _ = s.write_all(&bytes[sent..sent + 1]).await;
+                    sent += 1;
+                }
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "a slow body was held for 20 s (request_timeout is 2 s)"
+        );
+    }
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 408") || answer.is_empty(),
+        "a slow body gets 408 (or the connection closed): {answer}"
+    );
+    eprintln!(
+        "DRILL hostile clients: 8 MiB bodies refused with 413 on forms, Telegram, VK and Mango; \
+         a body trickling a byte a second cut off after {:?} ({})",
+        started.elapsed(),
+        answer.lines().next().unwrap_or("closed")
+    );
+}

@@ -33,6 +33,18 @@ pub enum Injected {
     BadGateway,
 }
 
+/// A server that is broken for a while: every call answers this until
+/// [`FakeBotApi::set_broken`] is called with `None`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Broken {
+    /// 500 with Telegram's JSON error.
+    ServerError,
+    /// 200 with a body that is not JSON.
+    Garbage,
+    /// No answer until the server is mended (then 502).
+    Hang,
+}
+
 /// Called with the updates a `getUpdates` is about to confirm; an error is
 /// a broken delivery promise, recorded in `violations`.
 pub type ConfirmCheck = Arc<
@@ -61,6 +73,7 @@ struct Inner {
     send_message_errors: VecDeque<Injected>,
     violations: Vec<String>,
     check: Option<ConfirmCheck>,
+    broken: Option<Broken>,
 }
 
 #[derive(Clone)]
@@ -141,6 +154,11 @@ impl FakeBotApi {
 
     pub fn stalled(&self) -> usize {
         self.lock().stalled
+    }
+
+    /// Break every method the way `how` says, or mend it (`None`).
+    pub fn set_broken(&self, how: Option<Broken>) {
+        self.lock().broken = how;
     }
 
     pub fn set_always_conflict(&self, on: bool) {
@@ -250,6 +268,18 @@ async fn handle(
     .find(|m| m.eq_ignore_ascii_case(&method))
     .map_or(method, str::to_owned);
     api.lock().calls.push((method.clone(), Instant::now()));
+    let broken = api.lock().broken;
+    match broken {
+        None => {}
+        Some(Broken::ServerError) => return error(500, "Internal Server Error", None),
+        Some(Broken::Garbage) => return "<html><body>upstream".into_response(),
+        Some(Broken::Hang) => {
+            while api.lock().broken == Some(Broken::Hang) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            return error(502, "Bad Gateway", None);
+        }
+    }
     if bot.strip_prefix("bot") != Some(api.token.as_str()) {
         return error(401, "Unauthorized", None);
     }
