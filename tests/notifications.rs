@@ -68,6 +68,7 @@ fn notify_section(bot_url: &str, smtp_port: u16, poll_every: &str) -> String {
         format!(
             r#"
 [notify]
+supervisors = ["head"]
 poll_every = "{poll_every}"
 retry_first = "300ms"
 retry_max = "2s"
@@ -418,7 +419,7 @@ async fn a_restart_between_commit_and_delivery_still_delivers_once() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_escalation_tells_the_new_assignee() {
     let peers = Peers::start().await;
-    let routing = "default = \"role:sales\"\n[sla]\nform = \"1s\"\nsweep_every = \"200ms\"\n";
+    let routing = "default = \"role:sales\"\n[sla]\nform = \"1s\"\nsupervisor_after = \"1s\"\nsweep_every = \"200ms\"\n";
     let cfg = config(&peers, routing, "100ms");
     let db = Db::open(&cfg.db_url).await;
     let _daemon = Daemon::start(&cfg);
@@ -460,6 +461,29 @@ async fn an_escalation_tells_the_new_assignee() {
         .find(|m| m.to[0] == format!("{second}@ourcompany.example"))
         .unwrap();
     assert!(mail.header("Subject").unwrap().contains("Overdue lead"));
+    // Still not taken a second later: the supervisor (e-mail only) is told.
+    let head = async || {
+        peers
+            .smtp
+            .mails()
+            .into_iter()
+            .filter(|m| m.to[0] == "head@ourcompany.example")
+            .collect::<Vec<_>>()
+    };
+    wait_for(
+        "the supervisor's mail",
+        Duration::from_secs(10),
+        async || !head().await.is_empty(),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let to_head = head().await;
+    assert_eq!(to_head.len(), 1);
+    let subject = to_head[0].header("Subject").unwrap();
+    assert!(
+        subject.contains(&format!("Lead #{lead} still not taken by {second}")),
+        "{subject}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -38,6 +38,8 @@ pub struct NotifyConfig {
     /// A notification still not delivered this long after its event is
     /// given up (logged as an error, `failed_at` set).
     pub max_age: HumanDuration,
+    /// Sent and given-up rows are deleted this long after.
+    pub keep: HumanDuration,
     /// Users told when a lead is flagged for a supervisor.
     pub supervisors: Vec<String>,
     pub telegram: Option<TelegramFile>,
@@ -56,6 +58,7 @@ impl Default for NotifyConfig {
             retry_first: secs(5),
             retry_max: secs(600),
             max_age: secs(86_400),
+            keep: secs(30 * 86_400),
             supervisors: Vec::new(),
             telegram: None,
             email: None,
@@ -197,6 +200,7 @@ pub struct NotifySettings {
     pub retry_first: Duration,
     pub retry_max: Duration,
     pub max_age: Duration,
+    pub keep: Duration,
     pub telegram: Option<TelegramSettings>,
     pub email: Option<EmailSettings>,
     pub templates: Templates,
@@ -228,6 +232,7 @@ fn unreachable_defaults() -> NotifySettings {
         retry_first: Duration::from_secs(5),
         retry_max: Duration::from_secs(600),
         max_age: Duration::from_secs(86_400),
+        keep: Duration::from_secs(30 * 86_400),
         telegram: None,
         email: None,
         templates: Templates {
@@ -406,6 +411,7 @@ impl NotifyConfig {
             retry_first: self.retry_first.0,
             retry_max: self.retry_max.0,
             max_age: self.max_age.0,
+            keep: self.keep.0,
             telegram,
             email,
             templates: Templates {

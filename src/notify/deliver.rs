@@ -81,6 +81,8 @@ fn build(settings: Arc<NotifySettings>) -> Current {
     }
 }
 
+const PRUNE_EVERY: Duration = Duration::from_secs(3_600);
+
 /// Sends in flight at most; more due rows wait for a free slot.
 const IN_FLIGHT: usize = 64;
 
@@ -88,7 +90,20 @@ const IN_FLIGHT: usize = 64;
 /// peer (teloxide waits 10s after a 5xx) holds up only its own rows.
 pub async fn run(notifier: Arc<Notifier>, shutdown: CancellationToken) {
     let mut sending = JoinSet::new();
+    // Delivered rows are kept a while (explain shows them), then pruned;
+    // the first pass runs at start.
+    let mut next_prune = tokio::time::Instant::now();
     loop {
+        if tokio::time::Instant::now() >= next_prune {
+            next_prune += PRUNE_EVERY;
+            let keep = notifier.current().settings.keep;
+            let before = Utc::now() - chrono::Duration::from_std(keep).unwrap_or_default();
+            match notifier.store.prune_notifications(before).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(rows = n, "old notifications pruned"),
+                Err(e) => tracing::warn!(error = %e, "cannot prune old notifications"),
+            }
+        }
         while let Some(done) = sending.try_join_next() {
             if let Err(e) = done {
                 tracing::error!(error = %e, "a notification send task failed");

@@ -231,3 +231,19 @@ impl Store {
         }))
     }
 }
+
+impl Store {
+    /// Delete sent and given-up rows finished before `before`; how many.
+    pub async fn prune_notifications(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        Ok(on_pool!(self, pool => {
+            sqlx::query(
+                "DELETE FROM notifications WHERE (sent_at IS NOT NULL AND sent_at < $1) \
+                 OR (failed_at IS NOT NULL AND failed_at < $1)",
+            )
+            .bind(before)
+            .execute(pool)
+            .await?
+            .rows_affected()
+        }))
+    }
+}
