@@ -972,7 +972,7 @@ async fn outage_drill(cuts: &[Cut]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn telegram_api_failing_for_a_while_loses_nothing_and_backs_off() {
     use support::telegram::Broken;
-    let window = Duration::from_secs(env_number("LEADGATE_DRILL_FAULT_SECS", 6));
+    let window = Duration::from_secs(env_number("LEADGATE_DRILL_FAULT_SECS", 4));
     let api = FakeBotApi::start().await;
     let channel = format!(
         "kind = \"telegram\"\nresponsible = \"role:sales\"\n[telegram]\ntoken_file = \"bot.token\"\napi_url = \"{}\"\nmode = \"polling\"\npoll_timeout = \"2s\"\n",
