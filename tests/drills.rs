@@ -1240,7 +1240,7 @@ async fn dovecot_killed_mid_fetch_and_mid_idle_loses_and_duplicates_nothing() {
         appended += burst;
         tokio::time::sleep(Duration::from_millis(rng.random_range(0..200))).await;
         // The last round kills mid-fetch, so the end measures a recovery.
-        let mid_idle = (rounds - round) % 2 == 0;
+        let mid_idle = (rounds - round).is_multiple_of(2);
         if mid_idle {
             // Let it finish and idle, then kill.
             let deadline = Instant::now() + Duration::from_secs(60);
