@@ -97,7 +97,9 @@ pub async fn run(notifier: Arc<Notifier>, shutdown: CancellationToken) {
         if tokio::time::Instant::now() >= next_prune {
             next_prune += PRUNE_EVERY;
             let keep = notifier.current().settings.keep;
-            let before = Utc::now() - chrono::Duration::from_std(keep).unwrap_or_default();
+            let before = Utc::now()
+                .checked_sub_signed(span(keep))
+                .unwrap_or(chrono::DateTime::<Utc>::MIN_UTC);
             match notifier.store.prune_notifications(before).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(rows = n, "old notifications pruned"),
@@ -156,8 +158,12 @@ async fn round(
     .max()
     .unwrap_or(Duration::from_secs(30));
     // teloxide waits 10s after a 5xx before it reports it.
-    let until =
-        now + chrono::Duration::from_std(timeout * 2 + Duration::from_secs(15)).unwrap_or_default();
+    let until = later(
+        now,
+        timeout
+            .saturating_mul(2)
+            .saturating_add(Duration::from_secs(15)),
+    );
     let mut taken = 0;
     for (id, _) in due {
         let Some(row) = notifier.store.claim_notification(id, now, until).await? else {
@@ -210,7 +216,7 @@ async fn attempt(notifier: &Notifier, current: &Current, row: OutboxRow) {
                 tracing::warn!(lead = row.lead_id, to = %row.recipient, transport = %row.transport,
                     attempts = row.attempts, error = %e.message, retry_in_ms = wait.as_millis() as u64,
                     "notification not delivered; will retry");
-                let next = now + chrono::Duration::from_std(wait).unwrap_or_default();
+                let next = later(now, wait);
                 store
                     .notification_failed(row.id, &e.message, Some(next), now)
                     .await
@@ -222,6 +228,17 @@ async fn attempt(notifier: &Notifier, current: &Current, row: OutboxRow) {
         // person gets the message twice, never not at all.
         tracing::warn!(error = %e, id = row.id, "cannot record a notification's outcome");
     }
+}
+
+/// A configured duration as a time span, at most ten years (an admin's
+/// `max_age = "99999999d"` must not overflow a timestamp).
+fn span(d: Duration) -> chrono::Duration {
+    let ten_years = Duration::from_secs(10 * 366 * 86_400);
+    chrono::Duration::from_std(d.min(ten_years)).unwrap_or(chrono::Duration::days(3_660))
+}
+
+fn later(now: chrono::DateTime<Utc>, d: Duration) -> chrono::DateTime<Utc> {
+    now.checked_add_signed(span(d)).unwrap_or(now)
 }
 
 /// `retry_first` doubled per earlier attempt, capped at `retry_max`, then
