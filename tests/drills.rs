@@ -1294,3 +1294,70 @@ async fn dovecot_killed_mid_fetch_and_mid_idle_loses_and_duplicates_nothing() {
         lines.join("; ")
     );
 }
+
+/// The VK API and long-poll server broken for a while, three ways: every
+/// event queued meanwhile is stored once after, with few requests made
+/// while it was broken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn vk_api_failing_for_a_while_loses_nothing_and_backs_off() {
+    use support::vk::Broken;
+    let window = Duration::from_secs(env_number("LEADGATE_DRILL_FAULT_SECS", 4));
+    let fake = FakeVk::start(7_000).await;
+    fake.set_rate_limit(10_000);
+    let channel = format!(
+        "kind = \"vk\"\nresponsible = \"role:sales\"\n[vk]\ngroup_id = {}\nmode = \"long_poll\"\nwait = \"2s\"\ntoken_file = \"vk.token\"\napi_url = \"{}\"\n",
+        vk::GROUP_ID,
+        fake.api_url()
+    );
+    let cfg = TestConfig::new(
+        None,
+        &[("vklp", channel.as_str())],
+        TEAM,
+        "default = \"role:sales\"\n",
+    );
+    cfg.write("vk.token", &format!("{}\n", vk::TOKEN));
+    let daemon = Daemon::start(&cfg);
+    let db = Db::open(&cfg.db_url).await;
+    fake.wait_for_polls(1, Duration::from_secs(30)).await;
+    let mut pushed = 0u64;
+    let mut report = Vec::new();
+    for how in [Broken::ServerError, Broken::Garbage, Broken::Hang] {
+        let hits_before = fake.broken_hits();
+        fake.set_broken(Some(how));
+        for _ in 0..3 {
+            fake.push([vk::message_new(852_000_000 + pushed as i64, 1, "fault")]);
+            pushed += 1;
+        }
+        tokio::time::sleep(window).await;
+        let hits = fake.broken_hits() - hits_before;
+        fake.set_broken(None);
+        let mended = Instant::now();
+        let deadline = mended + Duration::from_secs(90);
+        while count_in(&db, "vklp").await < pushed {
+            assert!(
+                Instant::now() < deadline,
+                "{how:?}: events not stored 90 s after the API was mended\n{}",
+                daemon.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        report.push(format!(
+            "{how:?} for {window:?}: {hits} requests, caught up {:?} after it was mended",
+            mended.elapsed()
+        ));
+        assert!(
+            u64::from(hits) <= window.as_secs() + 2,
+            "{how:?}: {hits} requests in {window:?}: no backoff"
+        );
+    }
+    let expected = BTreeMap::from([("vklp", (0..pushed).map(vk_lp_ref).collect())]);
+    let lines = check_exactly_once(&db, &expected)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    audit(cfg.path()).unwrap();
+    eprintln!(
+        "DRILL vk faults: {}\n  {}",
+        report.join("; "),
+        lines.join("; ")
+    );
+}

@@ -17,6 +17,18 @@ use axum::routing::{any, get};
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 
+/// A server that is broken for a while (benches include this file alone,
+/// so it does not share `telegram::Broken`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Broken {
+    /// HTTP 500.
+    ServerError,
+    /// 200 with a body that is not JSON.
+    Garbage,
+    /// No answer until the server is mended (then 502).
+    Hang,
+}
+
 pub const TOKEN: &str = "vk1.a.test-community-token";
 pub const GROUP_ID: u64 = 229_000_001;
 
@@ -45,6 +57,10 @@ struct Inner {
     per_second: usize,
     rate_errors: u32,
     token: String,
+    /// Every request (API and long poll) answers this while set.
+    broken: Option<Broken>,
+    /// Requests answered while broken.
+    broken_hits: u32,
 }
 
 #[derive(Clone)]
@@ -79,6 +95,8 @@ impl FakeVk {
             per_second: 20,
             rate_errors: 0,
             token: TOKEN.into(),
+            broken: None,
+            broken_hits: 0,
         }));
         let fake = FakeVk {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -91,6 +109,7 @@ impl FakeVk {
         let app = Router::new()
             .route("/method/{name}", any(method))
             .route("/lp", get(a_check))
+            .layer(axum::middleware::from_fn_with_state(fake.clone(), breaker))
             .with_state(fake.clone());
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -153,6 +172,17 @@ impl FakeVk {
         lock(&self.inner).per_second = per_second;
     }
 
+    /// Break the API and the long-poll server the way `how` says, or mend
+    /// them (`None`).
+    pub fn set_broken(&self, how: Option<Broken>) {
+        lock(&self.inner).broken = how;
+    }
+
+    /// Requests answered while broken.
+    pub fn broken_hits(&self) -> u32 {
+        lock(&self.inner).broken_hits
+    }
+
     pub fn set_name(&self, id: i64, first: &str, last: &str) {
         lock(&self.inner)
             .names
@@ -184,6 +214,36 @@ impl FakeVk {
                 "the long poll was not asked {n} times within {within:?}"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+async fn breaker(
+    State(fake): State<FakeVk>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let broken = {
+        let mut i = lock(&fake.inner);
+        if i.broken.is_some() {
+            i.broken_hits += 1;
+        }
+        i.broken
+    };
+    match broken {
+        None => next.run(req).await,
+        Some(Broken::ServerError) => (
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            "Internal Server Error",
+        )
+            .into_response(),
+        Some(Broken::Garbage) => "<html><body>upstream".into_response(),
+        Some(Broken::Hang) => {
+            while lock(&fake.inner).broken == Some(Broken::Hang) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            (axum::http::StatusCode::BAD_GATEWAY, "Bad Gateway").into_response()
         }
     }
 }
