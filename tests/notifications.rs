@@ -219,6 +219,33 @@ async fn an_assignment_sends_one_telegram_message_and_one_email_with_the_templat
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn smtp_credentials_come_from_their_file_and_never_reach_the_log() {
+    let peers = Peers::start().await;
+    let cfg = config(&peers, "default = \"role:sales\"\n", "100ms");
+    cfg.write("smtp.password", "s3cret-pw\n");
+    let section = peers.notify_section("100ms").replace(
+        "security = \"plain\"\n",
+        "security = \"plain\"\nusername = \"leadgate\"\npassword_file = \"smtp.password\"\n",
+    );
+    cfg.write_main(&section);
+    let daemon = Daemon::start(&cfg);
+    post(&cfg, "name=Gus&phone=89990000007").await;
+    peers
+        .smtp
+        .wait_for("the e-mail", Duration::from_secs(10), |s| {
+            !s.mails().is_empty()
+        })
+        .await;
+    assert_eq!(
+        peers.smtp.logins(),
+        vec![("leadgate".to_owned(), "s3cret-pw".to_owned())]
+    );
+    let log = daemon.log_text();
+    assert!(!log.contains("s3cret-pw"), "{log}");
+    assert!(!log.contains(TOKEN), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_failing_peer_is_retried_with_backoff_and_gets_the_message_once() {
     // Telegram is down (nothing listens on its port) and the SMTP relay
     // answers 451 twice.

@@ -1,7 +1,8 @@
 //! A small SMTP sink on a loopback port: enough of RFC 5321 for a client
 //! to deliver (EHLO/HELO, MAIL, RCPT, DATA with dot-unstuffing, RSET, NOOP,
-//! QUIT). It records every accepted message and can refuse the next ones
-//! with a 4xx on demand, as a relay does when it is overloaded.
+//! QUIT, and AUTH PLAIN, whose credentials it records). It records every
+//! accepted message and can refuse the next ones with a 4xx on demand, as
+//! a relay does when it is overloaded.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -55,6 +56,8 @@ struct Inner {
     refuse: usize,
     refused: usize,
     connections: usize,
+    /// `(user, password)` of every AUTH PLAIN.
+    logins: Vec<(String, String)>,
 }
 
 #[derive(Clone)]
@@ -100,6 +103,10 @@ impl SmtpSink {
         self.lock().mails.clone()
     }
 
+    pub fn logins(&self) -> Vec<(String, String)> {
+        self.lock().logins.clone()
+    }
+
     pub fn connections(&self) -> usize {
         self.lock().connections
     }
@@ -128,9 +135,31 @@ impl SmtpSink {
             let cmd = line.trim_end().to_owned();
             let upper = cmd.to_ascii_uppercase();
             let reply: &[u8] = if upper.starts_with("EHLO") {
-                b"250-sink.test greets you\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 OK\r\n"
+                b"250-sink.test greets you\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250-AUTH PLAIN\r\n250 OK\r\n"
             } else if upper.starts_with("HELO") {
                 b"250 sink.test\r\n"
+            } else if upper.starts_with("AUTH PLAIN") {
+                let arg = cmd[10..].trim().to_owned();
+                let arg = if arg.is_empty() {
+                    write.write_all(b"334 \r\n").await?;
+                    line.clear();
+                    lines.read_line(&mut line).await?;
+                    line.trim().to_owned()
+                } else {
+                    arg
+                };
+                let decoded = base64_decode(&arg).unwrap_or_default();
+                let parts: Vec<&[u8]> = decoded.split(|b| *b == 0).collect();
+                match parts.as_slice() {
+                    [_, user, pass] => {
+                        self.lock().logins.push((
+                            String::from_utf8_lossy(user).into_owned(),
+                            String::from_utf8_lossy(pass).into_owned(),
+                        ));
+                        b"235 2.7.0 Authentication successful\r\n"
+                    }
+                    _ => b"501 5.5.2 Cannot decode\r\n",
+                }
             } else if upper.starts_with("MAIL FROM:") {
                 from = address(&cmd[10..]);
                 to.clear();
@@ -203,4 +232,21 @@ fn address(arg: &str) -> String {
         (Some(a), Some(b)) if a < b => arg[a + 1..b].to_owned(),
         _ => arg.split_whitespace().next().unwrap_or("").to_owned(),
     }
+}
+
+fn base64_decode(text: &str) -> Option<Vec<u8>> {
+    const ABC: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = Vec::new();
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for c in text.bytes().filter(|c| *c != b'=') {
+        let v = ABC.iter().position(|a| *a == c)? as u32;
+        acc = (acc << 6) | v;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    Some(out)
 }
