@@ -43,6 +43,8 @@ pub enum Broken {
     Garbage,
     /// No answer until the server is mended (then 502).
     Hang,
+    /// 429 with `retry_after` seconds (a flood-control storm).
+    RetryAfter(u32),
 }
 
 /// Called with the updates a `getUpdates` is about to confirm; an error is
@@ -273,6 +275,7 @@ async fn handle(
         None => {}
         Some(Broken::ServerError) => return error(500, "Internal Server Error", None),
         Some(Broken::Garbage) => return "<html><body>upstream".into_response(),
+        Some(Broken::RetryAfter(secs)) => return injected(&Injected::RetryAfter(secs)),
         Some(Broken::Hang) => {
             while api.lock().broken == Some(Broken::Hang) {
                 tokio::time::sleep(Duration::from_millis(50)).await;
