@@ -246,6 +246,41 @@ async fn smtp_credentials_come_from_their_file_and_never_reach_the_log() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_reload_points_pending_notifications_at_the_new_bot_api() {
+    let peers = Peers::start().await;
+    let dead = support::free_port();
+    let cfg = TestConfig::new(None, SITE, TEAM, "default = \"role:sales\"\n");
+    cfg.write("notifier.token", &format!("{TOKEN}\n"));
+    cfg.write_main(&notify_section(
+        &format!("http://127.0.0.1:{dead}/"),
+        peers.smtp.port,
+        "50ms",
+    ));
+    let db = Db::open(&cfg.db_url).await;
+    let daemon = Daemon::start(&cfg);
+    let lead = post(&cfg, "name=Hal&phone=89990000008").await;
+    wait_for("a failed attempt", Duration::from_secs(10), async || {
+        db.int(
+            "SELECT COUNT(*) FROM notifications WHERE transport = 'telegram' AND last_error IS NOT NULL",
+            None,
+        )
+        .await
+            == 1
+    })
+    .await;
+    cfg.write_main(&peers.notify_section("50ms"));
+    daemon.signal(libc::SIGHUP);
+    let owner = assignee(&db, lead).await;
+    wait_for(
+        "delivery through the new URL",
+        Duration::from_secs(10),
+        async || texts_to(&peers.bot, chat_of(&owner)).len() == 1,
+    )
+    .await;
+    assert_eq!(peers.smtp.mails().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_failing_peer_is_retried_with_backoff_and_gets_the_message_once() {
     // Telegram is down (nothing listens on its port) and the SMTP relay
     // answers 451 twice.
