@@ -128,10 +128,11 @@ fn main() -> ExitCode {
     }
 }
 
-/// `check --online`: each enabled Telegram bot's token against its API.
+/// `check --online`: each enabled Telegram bot's token against its API,
+/// the notifier bot's and the SMTP server.
 fn check_online(config: &Config) -> ExitCode {
     let bots = leadgate::daemon::telegram_channels(config);
-    if bots.is_empty() {
+    if bots.is_empty() && config.notify.telegram.is_none() && config.notify.email.is_none() {
         return ExitCode::SUCCESS;
     }
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -155,6 +156,16 @@ fn check_online(config: &Config) -> ExitCode {
             Err(e) => {
                 failed = true;
                 eprintln!("{file}: telegram: {e}");
+            }
+        }
+    }
+    let main_file = config.dir.join("leadgate.toml").display().to_string();
+    for (field, result) in runtime.block_on(leadgate::notify::check_online(&config.notify)) {
+        match result {
+            Ok(what) => println!("{main_file}: {field}: {what}"),
+            Err(e) => {
+                failed = true;
+                eprintln!("{main_file}: {field}: {e}");
             }
         }
     }

@@ -728,6 +728,32 @@ async fn a_second_missed_call_gets_its_own_callback_deadline() {
     assert_eq!(overdue().await, 2);
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn check_online_asks_the_notifier_bot_and_the_smtp_server() {
+    let peers = Peers::start().await;
+    let cfg = config(&peers, "default = \"role:sales\"\n", "100ms");
+    let path = cfg.path().to_owned();
+    let (code, out, err) = tokio::task::spawn_blocking(move || cli(&path, &["check", "--online"]))
+        .await
+        .unwrap();
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        out.contains("notify.telegram: token OK (@ourcompany_bot)"),
+        "{out}"
+    );
+    assert!(out.contains("notify.email: 127.0.0.1:"), "{out}");
+    assert_eq!(peers.bot.calls("getMe").len(), 1);
+    // A token the API refuses.
+    cfg.write("notifier.token", "7000000001:AAwrong\n");
+    let path = cfg.path().to_owned();
+    let (code, _, err) = tokio::task::spawn_blocking(move || cli(&path, &["check", "--online"]))
+        .await
+        .unwrap();
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("leadgate.toml: notify.telegram: "), "{err}");
+    assert!(!err.contains("AAwrong"), "{err}");
+}
+
 #[test]
 fn check_names_the_file_and_field_of_notification_mistakes() {
     let cfg = TestConfig::new(None, SITE, TEAM, "default = \"role:sales\"\n");

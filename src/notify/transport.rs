@@ -8,7 +8,7 @@ use lettre::message::{Mailbox, header::ContentType};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use teloxide_core::prelude::Requester;
-use teloxide_core::requests::Request;
+use teloxide_core::requests::{JsonRequest, Payload, Request};
 use teloxide_core::types::ChatId;
 use teloxide_core::{ApiError, Bot, RequestError};
 
@@ -38,6 +38,16 @@ impl SendError {
 /// Telegram caps a message at 4096 characters.
 const TELEGRAM_MAX_CHARS: usize = 4000;
 
+/// `getMe` read as JSON: only the username matters, and teloxide's `Me`
+/// refuses answers without the newer capability fields.
+#[derive(Debug, Clone, serde::Serialize)]
+struct GetMeJson {}
+
+impl Payload for GetMeJson {
+    type Output = serde_json::Value;
+    const NAME: &'static str = "getMe";
+}
+
 pub struct TelegramSender {
     bot: Bot,
     token: String,
@@ -66,6 +76,20 @@ impl TelegramSender {
         match self.bot.send_message(ChatId(chat), text).send().await {
             Ok(_) => Ok(()),
             Err(e) => Err(self.failure(e)),
+        }
+    }
+
+    /// `getMe`: whether the token works; the bot's @username.
+    pub async fn check(&self) -> Result<String, String> {
+        match JsonRequest::new(self.bot.clone(), GetMeJson {})
+            .send()
+            .await
+        {
+            Ok(me) => Ok(format!(
+                "@{}",
+                me.get("username").and_then(|u| u.as_str()).unwrap_or("?")
+            )),
+            Err(e) => Err(self.failure(e).message),
         }
     }
 
@@ -115,6 +139,15 @@ impl EmailSender {
             smtp: builder.build(),
             from: s.from.clone(),
         })
+    }
+
+    /// Connect (TLS as configured), EHLO, log in if configured, QUIT.
+    pub async fn check(&self) -> Result<(), String> {
+        match self.smtp.test_connection().await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err("the server did not answer NOOP".into()),
+            Err(e) => Err(format!("SMTP: {e}")),
+        }
     }
 
     pub async fn send(&self, to: &str, subject: &str, body: &str) -> Result<(), SendError> {
