@@ -1107,11 +1107,16 @@ async fn a_client_hanging_up_before_the_answer_then_retrying_stores_once() {
                 let wait = rng.random_range(0..4u64) * rng.random_range(0..4u64);
                 tokio::time::sleep(Duration::from_millis(wait)).await;
                 drop(s);
-                loop {
+                for attempt in 0.. {
                     match send(&client, &base, &it, &ledger).await {
                         Outcome::Acked => break,
                         _ => tokio::time::sleep(Duration::from_millis(50)).await,
                     }
+                    assert!(
+                        attempt < 200,
+                        "{kind:?} {i} never acknowledged: {:?}",
+                        lock(&ledger).unexpected
+                    );
                 }
                 refs.push(it.source_ref);
             }
