@@ -471,6 +471,17 @@ async fn count_in(db: &Db, channel: &str) -> u64 {
     .await as u64
 }
 
+/// The daemon's peak resident memory since it started (VmHWM), in MiB.
+fn peak_mib(daemon: &Daemon) -> f64 {
+    std::fs::read_to_string(format!("/proc/{}/status", daemon.pid()))
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("VmHWM:"))?.to_owned();
+            line.split_whitespace().nth(1)?.parse::<f64>().ok()
+        })
+        .map_or(f64::NAN, |kib| kib / 1024.0)
+}
+
 fn audit(cfg: &std::path::Path) -> Result<(), String> {
     let (code, out, err) = cli(cfg, &["audit"]);
     if code == 0 {
@@ -751,10 +762,11 @@ async fn sigkill_drill(db_url: Option<String>, peers: Peers) {
     audit(cfg.path()).unwrap_or_else(|e| panic!("{ctx}: final {e}"));
     let max_restart = restarts.iter().max().copied().unwrap_or_default();
     eprintln!(
-        "DRILL sigkill {ctx}: answer times {}\n  {} acknowledged by HTTP + {mails} mails + {} Telegram + {} VK updates; \
+        "DRILL sigkill {ctx}: last incarnation's peak memory {:.1} MiB; answer times {}\n  {} acknowledged by HTTP + {mails} mails + {} Telegram + {} VK updates; \
          {} redeliveries, {} answers 503, {} transport errors; every item stored once, no lead twice, audit clean; \
          slowest restart {max_restart:?}, drained {drained:?} after the last restart ({settle:?} after the last ack); \
          whole drill {:?}\n  {}",
+        peak_mib(&daemon.lock().unwrap()),
         ledger.latencies(),
         ledger.acked.len(),
         updates.0,
@@ -946,9 +958,10 @@ async fn outage_drill(cuts: &[Cut]) {
     drain_result.unwrap_or_else(|e| panic!("{ctx}: {e}"));
     audit(cfg.path()).unwrap_or_else(|e| panic!("{ctx}: final {e}"));
     eprintln!(
-        "DRILL outage {ctx}: answer times {}\n  {} acknowledged by HTTP + {mails} mails + {} Telegram + {} VK updates, \
+        "DRILL outage {ctx}: daemon peak memory {:.1} MiB; answer times {}\n  {} acknowledged by HTTP + {mails} mails + {} Telegram + {} VK updates, \
          {} answers 503 (slowest {:?}), {} transport errors; /readyz red {red} of {} checks; \
          backlog drained {drained:?} after the load stopped; every item stored once, audit clean\n  {}\n  {}",
+        peak_mib(&daemon),
         ledger.latencies(),
         ledger.acked.len(),
         updates.0,
