@@ -849,13 +849,11 @@ async fn postgres_down_under_load_answers_503_and_recovers_without_loss() {
 }
 
 /// A network partition: the database's connections stop answering without
-/// being closed. Fails today: a commit in flight on a frozen connection has
-/// no deadline, and the single writer waits for it, so every write of every
-/// channel hangs until the partition heals (or the kernel gives up on the
-/// connection, ~15 min) instead of answering 503. Reported with this test;
-/// the fix belongs in src/store/writer.rs (a deadline on each commit).
+/// being closed. Before the writer had a commit deadline, a commit in
+/// flight on a frozen connection held the single writer, so every write of
+/// every channel hung until the partition healed (or the kernel gave up on
+/// the connection, ~15 min) instead of answering 503.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "open bug: a partition from PostgreSQL hangs every write (no commit deadline in the store writer)"]
 async fn postgres_partition_under_load_answers_503_and_recovers_without_loss() {
     outage_drill(&[Cut::Blackhole]).await;
 }

@@ -175,7 +175,13 @@ impl Store {
 
     /// Whether the database answers now (for `/readyz`).
     pub async fn ping(&self) -> bool {
-        on_pool!(self, pool => sqlx::query("SELECT 1").execute(pool).await.is_ok())
+        // An unreachable server that drops packets would hold the probe
+        // until the kernel gives up on the connection.
+        let probe =
+            async { on_pool!(self, pool => sqlx::query("SELECT 1").execute(pool).await.is_ok()) };
+        tokio::time::timeout(Duration::from_secs(2), probe)
+            .await
+            .unwrap_or(false)
     }
 
     pub async fn close(&self) {

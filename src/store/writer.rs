@@ -223,7 +223,35 @@ fn unavailable(e: &sqlx::Error) -> SinkError {
     SinkError::Unavailable(e.to_string())
 }
 
+/// How long a PostgreSQL commit may take before its batch is refused.
+///
+/// A partition (packets dropped, nothing closed) left a commit waiting for
+/// the kernel to give up on the connection, about 15 minutes, and every
+/// channel behind the one writer with it. Refused items are retried by
+/// their senders; one whose commit did land after all is then recognised
+/// as a duplicate. Healthy commits of a full batch take milliseconds; an
+/// item that waits for a stuck commit and then fails its own is answered
+/// within two deadlines, under the 5 s a webhook sender waits.
+const POSTGRES_COMMIT_DEADLINE: std::time::Duration = std::time::Duration::from_secs(2);
+
 async fn write_all(store: &Store, batch: &[WriteRequest]) -> sqlx::Result<Vec<Vec<Receipt>>> {
+    if let Store::Postgres(_) = store {
+        return tokio::time::timeout(POSTGRES_COMMIT_DEADLINE, write_unbounded(store, batch))
+            .await
+            .unwrap_or_else(|_| {
+                Err(sqlx::Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "PostgreSQL did not confirm the commit within {} s",
+                        POSTGRES_COMMIT_DEADLINE.as_secs()
+                    ),
+                )))
+            });
+    }
+    write_unbounded(store, batch).await
+}
+
+async fn write_unbounded(store: &Store, batch: &[WriteRequest]) -> sqlx::Result<Vec<Vec<Receipt>>> {
     match store {
         // IMMEDIATE: take SQLite's write lock up front, so the ids the
         // transaction allocates stay free and no other writer makes it
