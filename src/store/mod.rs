@@ -126,10 +126,6 @@ impl Store {
                 // A multi-row INSERT keeps a statement journal so it can
                 // roll back alone; on disk that cost a write per page.
                 .pragma("temp_store", "memory")
-                // The writer's commits would otherwise copy the WAL into the
-                // database (and fsync it) every 1000 pages, in the serial
-                // path; the writer's checkpointer does it beside it.
-                .pragma("wal_autocheckpoint", "0")
                 // Room for every padded size of the writer's statements
                 // (src/store/tx.rs) besides the fixed ones.
                 .statement_cache_capacity(512);

@@ -60,7 +60,6 @@ pub fn spawn(store: Store, max_batch: usize) -> (WriterHandle, tokio::task::Join
     // commit's dozen round trips to the database waited behind the request
     // handlers in the run queue, which made the one serial part of the
     // daemon slower the busier it was.
-    let store_for_checkpoints = store.clone();
     let (stopped, on_stop) = oneshot::channel::<()>();
     let thread = std::thread::Builder::new()
         .name("leadgate-writer".into())
@@ -82,30 +81,7 @@ pub fn spawn(store: Store, max_batch: usize) -> (WriterHandle, tokio::task::Join
     let task = tokio::spawn(async move {
         let _ = on_stop.await;
     });
-    if let Store::Sqlite(pool) = &store_for_checkpoints {
-        tokio::spawn(checkpoint_while_writing(pool.clone(), tx.downgrade()));
-    }
     (WriterHandle { tx }, task)
-}
-
-/// Move SQLite's write-ahead log into the database every second, on a
-/// connection of its own, until the writer stops. PASSIVE never waits for
-/// the writer; the writer restarts the log once a checkpoint has caught up.
-async fn checkpoint_while_writing(pool: sqlx::SqlitePool, writer: mpsc::WeakSender<WriteRequest>) {
-    let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        every.tick().await;
-        if writer.upgrade().is_none() {
-            break;
-        }
-        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-            .execute(&pool)
-            .await
-        {
-            tracing::debug!(error = %e, "WAL checkpoint failed; retrying in a second");
-        }
-    }
 }
 
 async fn run(store: Store, mut rx: mpsc::Receiver<WriteRequest>, max_batch: usize) {
