@@ -55,6 +55,11 @@ const HELP: &[(&str, &str, &str)] = &[
         "HTTP responses by endpoint family and status.",
     ),
     (
+        "leadgate_http_connections_refused_total",
+        "counter",
+        "Connections closed on arrival because the open-connection limit was reached.",
+    ),
+    (
         "leadgate_channel_last_inbound_timestamp_seconds",
         "gauge",
         "Unix time of the channel's last stored inbound.",

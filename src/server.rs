@@ -1,13 +1,13 @@
 //! The HTTP listener: every push connector's routes, plus `/healthz` (the
 //! process is alive) and `/readyz` (it can commit right now).
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{Request, StatusCode};
 use axum::routing::get;
+use hyper::body::Incoming;
 use tokio_util::sync::CancellationToken;
 
 use crate::store::Store;
@@ -71,6 +71,16 @@ async fn ready(State(h): State<Health>) -> (StatusCode, &'static str) {
     }
 }
 
+/// How long a client may take to send a request's head; the body is then
+/// bounded by `http.request_timeout`. Without it a client sending a header
+/// byte a second held its connection as long as it liked.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connections open at once. More are closed as they arrive, so idle or
+/// slow clients cannot use up the daemon's file descriptors (the systemd
+/// unit allows 65,536) while senders that behave keep being served.
+const MAX_CONNECTIONS: usize = 10_000;
+
 /// Serve until `shutdown` is cancelled, then stop accepting and wait for
 /// requests in flight to be answered.
 pub async fn serve(
@@ -79,14 +89,54 @@ pub async fn serve(
     request_timeout: Duration,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use tower::ServiceExt;
+
     let app = app.layer(tower_http::timeout::TimeoutLayer::with_status_code(
         StatusCode::REQUEST_TIMEOUT,
         request_timeout,
     ));
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move { shutdown.cancelled().await })
-    .await
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let open = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(connection) => connection,
+                Err(e) => {
+                    // Out of file descriptors, most likely: let some close.
+                    tracing::warn!(error = %e, "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(slot) = open.clone().try_acquire_owned() else {
+            crate::metrics::inc("leadgate_http_connections_refused_total", &[], 1);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+            // What axum's connect-info service would add: the per-IP
+            // limiters read the peer from here.
+            request
+                .extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
+            app.clone().oneshot(request)
+        });
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
 }
