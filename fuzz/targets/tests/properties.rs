@@ -22,7 +22,9 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestError, TestRunner};
 
 /// One case running this long is a hang, not a slow parse.
-const HANG: Duration = Duration::from_secs(10);
+// A debug build under CI load once took over 10 s on a 1 MiB mail (saved
+// for investigation as a possible slow path); release keeps the tight bound.
+const HANG: Duration = Duration::from_secs(if cfg!(debug_assertions) { 60 } else { 10 });
 
 /// How often a long run reports its progress.
 const PROGRESS_EVERY: Duration = Duration::from_secs(60);
