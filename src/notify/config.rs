@@ -12,6 +12,7 @@
 //! [notify.email]
 //! host = "smtp.ourcompany.example"
 //! security = "starttls"
+//! # ca_file = "certs/smtp-ca.pem"  # a private CA besides the public roots
 //! username = "leadgate@ourcompany.example"
 //! password_file = "secrets/smtp.password"
 //! from = "leadgate <leadgate@ourcompany.example>"
@@ -107,6 +108,10 @@ pub struct EmailFile {
     pub port: Option<u16>,
     #[serde(default)]
     pub security: SmtpSecurity,
+    /// PEM file of CA certificates to trust besides the public web PKI
+    /// roots (relative to the configuration folder), as an IMAP channel's
+    /// `ca_file`: for a relay whose certificate a private CA issued.
+    pub ca_file: Option<PathBuf>,
     pub username: Option<String>,
     pub password: Option<Secret>,
     pub password_file: Option<PathBuf>,
@@ -179,6 +184,8 @@ pub struct EmailSettings {
     pub host: String,
     pub port: u16,
     pub security: SmtpSecurity,
+    /// Trusted besides the public roots: the certificates of `ca_file`.
+    pub ca_certs: Vec<lettre::transport::smtp::client::Certificate>,
     pub credentials: Option<(String, Secret)>,
     pub from: lettre::message::Mailbox,
     pub timeout: Duration,
@@ -367,6 +374,36 @@ impl NotifyConfig {
                 );
                 return None;
             }
+            let ca_certs = match (&e.ca_file, e.security) {
+                (None, _) => Vec::new(),
+                (Some(_), SmtpSecurity::Plain) => {
+                    p(
+                        "email.ca_file",
+                        "only used with security = \"starttls\" or \"tls\"".into(),
+                    );
+                    return None;
+                }
+                (Some(file), _) => {
+                    let certs = leadgate_connector::read_ca_file(file).and_then(|certs| {
+                        certs
+                            .into_iter()
+                            .map(|der| {
+                                lettre::transport::smtp::client::Certificate::from_der(
+                                    der.to_vec(),
+                                )
+                                .map_err(|err| format!("a certificate is unusable: {err}"))
+                            })
+                            .collect::<Result<Vec<_>, _>>()
+                    });
+                    match certs {
+                        Ok(certs) => certs,
+                        Err(err) => {
+                            p("email.ca_file", err);
+                            return None;
+                        }
+                    }
+                }
+            };
             let port = e.port.unwrap_or(match e.security {
                 SmtpSecurity::Starttls => 587,
                 SmtpSecurity::Tls => 465,
@@ -376,6 +413,7 @@ impl NotifyConfig {
                 host: e.host.trim().to_owned(),
                 port,
                 security: e.security,
+                ca_certs,
                 credentials,
                 from,
                 timeout: e.timeout.0,
@@ -467,5 +505,24 @@ mod tests {
         assert!(problems(bad_url)[0].starts_with("notify.telegram.api_url: "));
         let link = "[templates]\nlink = \"{link}\"\n";
         assert!(problems(link)[0].starts_with("notify.templates.link: "));
+    }
+
+    #[test]
+    fn a_ca_file_is_read_for_tls_and_refused_for_plain() {
+        let missing = "[email]\nhost = \"smtp.example.com\"\nsecurity = \"tls\"\nca_file = \"/nonexistent/leadgate-ca.pem\"\nfrom = \"l@example.com\"\n";
+        let p = problems(missing);
+        assert!(
+            p[0].starts_with("notify.email.ca_file: cannot read /nonexistent/leadgate-ca.pem"),
+            "{p:?}"
+        );
+        let plain = "[email]\nhost = \"127.0.0.1\"\nsecurity = \"plain\"\nca_file = \"ca.pem\"\nfrom = \"l@example.com\"\n";
+        let p = problems(plain);
+        assert!(
+            p[0].starts_with("notify.email.ca_file: only used with"),
+            "{p:?}"
+        );
+        let none = "[email]\nhost = \"smtp.example.com\"\nfrom = \"l@example.com\"\n";
+        let c: NotifyConfig = toml::from_str(none).unwrap();
+        assert!(c.resolve().unwrap().email.unwrap().ca_certs.is_empty());
     }
 }

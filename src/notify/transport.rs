@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use lettre::message::{Mailbox, header::ContentType};
 use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use teloxide_core::prelude::Requester;
 use teloxide_core::requests::{JsonRequest, Payload, Request};
@@ -123,12 +124,22 @@ pub struct EmailSender {
 
 impl EmailSender {
     pub fn new(s: &EmailSettings) -> Result<EmailSender, String> {
+        // The public web PKI roots (webpki-roots) and the CAs of
+        // `ca_file`; the certificate must name `host`.
+        let tls = || {
+            s.ca_certs
+                .iter()
+                .fold(TlsParameters::builder(s.host.clone()), |b, cert| {
+                    b.add_root_certificate(cert.clone())
+                })
+                .build_rustls()
+                .map_err(|e| format!("SMTP TLS setup: {e}"))
+        };
+        let builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&s.host);
         let builder = match s.security {
-            SmtpSecurity::Starttls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&s.host)
-                .map_err(|e| format!("SMTP: {e}"))?,
-            SmtpSecurity::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(&s.host)
-                .map_err(|e| format!("SMTP: {e}"))?,
-            SmtpSecurity::Plain => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&s.host),
+            SmtpSecurity::Starttls => builder.tls(Tls::Required(tls()?)),
+            SmtpSecurity::Tls => builder.tls(Tls::Wrapper(tls()?)),
+            SmtpSecurity::Plain => builder,
         };
         let mut builder = builder.port(s.port).timeout(Some(s.timeout));
         if let Some((user, password)) = &s.credentials {

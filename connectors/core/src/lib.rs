@@ -20,6 +20,7 @@
 //! each other.
 
 pub mod body;
+mod ca_file;
 mod duration;
 mod error;
 mod inbound;
@@ -29,6 +30,7 @@ mod secret;
 mod sink;
 pub mod urlencoded;
 
+pub use ca_file::read_ca_file;
 pub use duration::HumanDuration;
 pub use error::{ConnectorError, SinkError};
 pub use inbound::{

@@ -12,8 +12,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
-use tokio_rustls::rustls::pki_types::pem::PemObject;
-use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+use tokio_rustls::rustls::pki_types::ServerName;
 
 #[derive(Debug)]
 pub enum MailStream {
@@ -28,19 +27,12 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };
     if let Some(file) = ca_file {
-        let path = leadgate_connector::resolve_config_path(file);
-        let shown = path.display();
-        let certs = CertificateDer::pem_file_iter(&path)
-            .map_err(|e| format!("`ca_file`: cannot read {shown}: {e}"))?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("`ca_file`: {shown} is not PEM certificates: {e}"))?;
-        if certs.is_empty() {
-            return Err(format!("`ca_file`: no certificate in {shown}"));
-        }
+        let certs =
+            leadgate_connector::read_ca_file(file).map_err(|e| format!("`ca_file`: {e}"))?;
         for cert in certs {
             roots
                 .add(cert)
-                .map_err(|e| format!("`ca_file`: a certificate in {shown} is unusable: {e}"))?;
+                .map_err(|e| format!("`ca_file`: a certificate is unusable: {e}"))?;
         }
     }
     rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
