@@ -20,31 +20,6 @@ pub struct Dovecot {
     master: Option<Child>,
 }
 
-/// A throwaway CA and a certificate it issued for 127.0.0.1 / localhost,
-/// written as PEM into `dir`; returns the CA file.
-fn issue_certificate(dir: &std::path::Path) -> PathBuf {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, SanType};
-    let ca_key = KeyPair::generate().expect("CA key");
-    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(rcgen::DnType::CommonName, "leadgate test CA");
-    let ca_cert = ca.self_signed(&ca_key).expect("CA certificate");
-    let key = KeyPair::generate().expect("server key");
-    let mut server = CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
-    server
-        .subject_alt_names
-        .push(SanType::IpAddress([127, 0, 0, 1].into()));
-    let cert = server
-        .signed_by(&key, &ca_cert, &ca_key)
-        .expect("server certificate");
-    std::fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
-    std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
-    let ca_file = dir.join("ca.pem");
-    std::fs::write(&ca_file, ca_cert.pem()).unwrap();
-    ca_file
-}
-
 fn binary() -> Option<PathBuf> {
     ["/usr/sbin/dovecot", "/usr/local/sbin/dovecot"]
         .iter()
@@ -121,7 +96,7 @@ impl Dovecot {
         let tls_port = tls.then(free_port);
         let ssl = match tls {
             true => {
-                issue_certificate(d);
+                super::tls::TestCertificate::issue().write_to(d);
                 format!(
                     "ssl = yes\nssl_cert = <{0}/cert.pem\nssl_key = <{0}/key.pem",
                     d.display()

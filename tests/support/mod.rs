@@ -10,6 +10,7 @@ pub mod pg;
 pub mod proxy;
 pub mod smtp;
 pub mod telegram;
+pub mod tls;
 pub mod vk;
 
 use std::net::TcpListener;
