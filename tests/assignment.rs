@@ -5,7 +5,7 @@
 mod support;
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use leadgate::assign::{Ask, Load, Outcome, Picked, Policy, decide, loads_needed};
@@ -14,6 +14,7 @@ use leadgate::pipeline::Route;
 use leadgate::routing::Strategy;
 use support::daemon::{Daemon, TestConfig, cli};
 use support::db::Db;
+use support::site::{post_lead, wait_for};
 
 /// Five sellers in two shifts (Moscow days, a night shift across midnight
 /// in Yekaterinburg), one on vacation with a substitute, a head of sales.
@@ -555,11 +556,6 @@ weights = { c = 2 }
 // ---------------------------------------------------------------------------
 // Through the daemon: sticky owners, queue release, response deadlines.
 
-const SITE: &[(&str, &str)] = &[(
-    "site",
-    "kind = \"form\"\n[form]\nrate_limit_per_minute = 0\n",
-)];
-
 /// Always on shift (no calendar): the deadlines count real seconds.
 const PAIR: &str = r#"
 [users.olga]
@@ -574,21 +570,6 @@ members = ["olga", "ivan"]
 [roles.solo]
 members = ["olga"]
 "#;
-
-async fn post(cfg: &TestConfig, body: &str) -> i64 {
-    let resp = reqwest::Client::new()
-        .post(format!("{}/forms/site", cfg.base_url()))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(body.to_owned())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let v: serde_json::Value = resp.json().await.unwrap();
-    v["lead_id"]
-        .as_i64()
-        .unwrap_or_else(|| panic!("no lead: {v}"))
-}
 
 async fn lead(db: &Db, id: i64) -> std::collections::BTreeMap<String, Option<String>> {
     db.row(
@@ -608,20 +589,12 @@ async fn activities(db: &Db, id: i64, kind: &str) -> i64 {
     .await
 }
 
-async fn wait_for(what: &str, within: Duration, mut check: impl AsyncFnMut() -> bool) {
-    let end = Instant::now() + within;
-    while !check().await {
-        assert!(Instant::now() < end, "{what}: not within {within:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_returning_contact_keeps_their_owner_and_explain_says_why() {
-    let cfg = TestConfig::new(None, SITE, PAIR, "default = \"role:sales\"\n");
+    let cfg = TestConfig::site(None, PAIR, "default = \"role:sales\"\n");
     let db = Db::open(&cfg.db_url).await;
     let _daemon = Daemon::start(&cfg);
-    let first = post(&cfg, "name=Ann&phone=89990000001&email=ann@example.net").await;
+    let first = post_lead(&cfg, "name=Ann&phone=89990000001&email=ann@example.net").await;
     assert_eq!(
         lead(&db, first).await["assignee_user"].as_deref(),
         Some("olga")
@@ -631,19 +604,19 @@ async fn a_returning_contact_keeps_their_owner_and_explain_says_why() {
         "UPDATE leads SET status = 'converted' WHERE id = {first}"
     ))
     .await;
-    let again = post(&cfg, "name=Ann&email=ann@example.net&comment=again").await;
+    let again = post_lead(&cfg, "name=Ann&email=ann@example.net&comment=again").await;
     assert_ne!(again, first);
     let row = lead(&db, again).await;
     assert_eq!(row["assignee_user"].as_deref(), Some("olga"), "{row:?}");
     assert_eq!(row["assigned_by"].as_deref(), Some("sticky_owner"));
     // A new contact takes the next turn meanwhile.
-    let other = post(&cfg, "name=Bob&phone=89990000002").await;
+    let other = post_lead(&cfg, "name=Bob&phone=89990000002").await;
     assert_eq!(
         lead(&db, other).await["assignee_user"].as_deref(),
         Some("ivan")
     );
     // olga is at her cap (1 open new lead): a third lead goes past her.
-    let third = post(&cfg, "name=Cid&phone=89990000003").await;
+    let third = post_lead(&cfg, "name=Cid&phone=89990000003").await;
     let row = lead(&db, third).await;
     assert_eq!(row["assignee_user"].as_deref(), Some("ivan"), "{row:?}");
     let inbound = db
@@ -669,11 +642,11 @@ async fn a_returning_contact_keeps_their_owner_and_explain_says_why() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_queued_lead_is_released_when_its_timer_is_due() {
     let routing = "default = \"role:solo\"\n[sla]\nsweep_every = \"200ms\"\n";
-    let cfg = TestConfig::new(None, SITE, PAIR, routing);
+    let cfg = TestConfig::site(None, PAIR, routing);
     let db = Db::open(&cfg.db_url).await;
     let _daemon = Daemon::start(&cfg);
-    let first = post(&cfg, "name=Ann&phone=89990000001").await;
-    let queued = post(&cfg, "name=Bob&phone=89990000002").await;
+    let first = post_lead(&cfg, "name=Ann&phone=89990000001").await;
+    let queued = post_lead(&cfg, "name=Bob&phone=89990000002").await;
     let row = lead(&db, queued).await;
     assert_eq!(row["assignee_user"], None, "{row:?}");
     assert_eq!(row["assigned_by"].as_deref(), Some("after_hours"));
@@ -719,11 +692,11 @@ sweep_every = "200ms"
 
 async fn deadlines_escalate_once(db_url: Option<String>, restart: bool) {
     let team = PAIR.replace("max_open_leads = 1\n", "");
-    let cfg = TestConfig::new(db_url, SITE, &team, SLA);
+    let cfg = TestConfig::site(db_url, &team, SLA);
     let db = Db::open(&cfg.db_url).await;
     let mut daemon = Daemon::start(&cfg);
-    let ignored = post(&cfg, "name=Ann&phone=89990000001").await;
-    let taken = post(&cfg, "name=Bob&phone=89990000002").await;
+    let ignored = post_lead(&cfg, "name=Ann&phone=89990000001").await;
+    let taken = post_lead(&cfg, "name=Bob&phone=89990000002").await;
     assert!(lead(&db, ignored).await["respond_by"].is_some());
     db.exec(&format!(
         "UPDATE leads SET status = 'in_progress' WHERE id = {taken}"
@@ -731,8 +704,8 @@ async fn deadlines_escalate_once(db_url: Option<String>, restart: bool) {
     .await;
     // A missed call that was taken but nobody called back (the telephony
     // path sets `missed`; here the row is set directly).
-    let vip = post(&cfg, "name=Vip&phone=89990000004&product=vip").await;
-    let missed = post(&cfg, "name=Cid&phone=89990000003").await;
+    let vip = post_lead(&cfg, "name=Vip&phone=89990000004&product=vip").await;
+    let missed = post_lead(&cfg, "name=Cid&phone=89990000003").await;
     db.exec(&format!(
         "UPDATE leads SET status = 'in_progress', missed = TRUE WHERE id = {missed}"
     ))
@@ -814,15 +787,15 @@ async fn two_instances_on_one_postgres_escalate_each_lead_once() {
     let url = pg.create_database();
     let team = PAIR.replace("max_open_leads = 1\n", "");
     let routing = SLA.replace("supervisor_after = \"2s\"\n", "");
-    let a = TestConfig::new(Some(url.clone()), SITE, &team, &routing);
-    let b = TestConfig::new(Some(url.clone()), SITE, &team, &routing);
+    let a = TestConfig::site(Some(url.clone()), &team, &routing);
+    let b = TestConfig::site(Some(url.clone()), &team, &routing);
     let db = Db::open(&url).await;
     let _da = Daemon::start(&a);
     let _db = Daemon::start(&b);
     let mut leads = Vec::new();
     for i in 0..10 {
         let cfg = if i % 2 == 0 { &a } else { &b };
-        leads.push(post(cfg, &format!("name=N{i}&phone=8999000001{i}")).await);
+        leads.push(post_lead(cfg, &format!("name=N{i}&phone=8999000001{i}")).await);
     }
     wait_for("all escalated", Duration::from_secs(20), async || {
         db.int(

@@ -10,13 +10,9 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 use support::daemon::{Daemon, TestConfig, cli};
 use support::db::Db;
+use support::site::{assignee, post_lead, wait_for};
 use support::smtp::SmtpSink;
 use support::telegram::{FakeBotApi, TOKEN};
-
-const SITE: &[(&str, &str)] = &[(
-    "site",
-    "kind = \"form\"\n[form]\nrate_limit_per_minute = 0\n",
-)];
 
 const TEAM: &str = r#"
 [users.olga]
@@ -95,40 +91,10 @@ fn config(peers: &Peers, routing: &str, poll_every: &str) -> TestConfig {
 }
 
 fn config_on(db: Option<String>, peers: &Peers, routing: &str, poll_every: &str) -> TestConfig {
-    let cfg = TestConfig::new(db, SITE, TEAM, routing);
+    let cfg = TestConfig::site(db, TEAM, routing);
     cfg.write("notifier.token", &format!("{TOKEN}\n"));
     cfg.write_main(&peers.notify_section(poll_every));
     cfg
-}
-
-async fn post(cfg: &TestConfig, body: &str) -> i64 {
-    let resp = reqwest::Client::new()
-        .post(format!("{}/forms/site", cfg.base_url()))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(body.to_owned())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let v: serde_json::Value = resp.json().await.unwrap();
-    v["lead_id"]
-        .as_i64()
-        .unwrap_or_else(|| panic!("no lead: {v}"))
-}
-
-async fn assignee(db: &Db, lead: i64) -> String {
-    db.row("SELECT assignee_user FROM leads WHERE id = $1", lead)
-        .await
-        .and_then(|r| r["assignee_user"].clone())
-        .expect("an assigned lead")
-}
-
-async fn wait_for(what: &str, within: Duration, mut check: impl AsyncFnMut() -> bool) {
-    let end = Instant::now() + within;
-    while !check().await {
-        assert!(Instant::now() < end, "{what}: not within {within:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// Telegram messages sent to `chat`, their texts.
@@ -146,7 +112,7 @@ async fn an_assignment_sends_one_telegram_message_and_one_email_with_the_templat
     let cfg = config(&peers, "default = \"role:sales\"\n", "100ms");
     let db = Db::open(&cfg.db_url).await;
     let _daemon = Daemon::start(&cfg);
-    let lead = post(
+    let lead = post_lead(
         &cfg,
         "name=Ann+Smith&phone=89991234567&email=ann@example.net&comment=Call+me+about+X200",
     )
@@ -229,7 +195,7 @@ async fn smtp_credentials_come_from_their_file_and_never_reach_the_log() {
     );
     cfg.write_main(&section);
     let daemon = Daemon::start(&cfg);
-    post(&cfg, "name=Gus&phone=89990000007").await;
+    post_lead(&cfg, "name=Gus&phone=89990000007").await;
     peers
         .smtp
         .wait_for("the e-mail", Duration::from_secs(10), |s| {
@@ -249,7 +215,7 @@ async fn smtp_credentials_come_from_their_file_and_never_reach_the_log() {
 async fn a_reload_points_pending_notifications_at_the_new_bot_api() {
     let peers = Peers::start().await;
     let dead = support::free_port();
-    let cfg = TestConfig::new(None, SITE, TEAM, "default = \"role:sales\"\n");
+    let cfg = TestConfig::site(None, TEAM, "default = \"role:sales\"\n");
     cfg.write("notifier.token", &format!("{TOKEN}\n"));
     cfg.write_main(&notify_section(
         &format!("http://127.0.0.1:{dead}/"),
@@ -258,7 +224,7 @@ async fn a_reload_points_pending_notifications_at_the_new_bot_api() {
     ));
     let db = Db::open(&cfg.db_url).await;
     let daemon = Daemon::start(&cfg);
-    let lead = post(&cfg, "name=Hal&phone=89990000008").await;
+    let lead = post_lead(&cfg, "name=Hal&phone=89990000008").await;
     wait_for("a failed attempt", Duration::from_secs(10), async || {
         db.int(
             "SELECT COUNT(*) FROM notifications WHERE transport = 'telegram' AND last_error IS NOT NULL",
@@ -287,7 +253,7 @@ async fn a_failing_peer_is_retried_with_backoff_and_gets_the_message_once() {
     let bot_port = support::free_port();
     let smtp = SmtpSink::start().await;
     smtp.refuse_next(2);
-    let cfg = TestConfig::new(None, SITE, TEAM, "default = \"role:sales\"\n");
+    let cfg = TestConfig::site(None, TEAM, "default = \"role:sales\"\n");
     cfg.write("notifier.token", &format!("{TOKEN}\n"));
     cfg.write_main(&notify_section(
         &format!("http://127.0.0.1:{bot_port}/"),
@@ -296,10 +262,10 @@ async fn a_failing_peer_is_retried_with_backoff_and_gets_the_message_once() {
     ));
     let db = Db::open(&cfg.db_url).await;
     let daemon = Daemon::start(&cfg);
-    let lead = post(&cfg, "name=Bob&phone=89990000002").await;
+    let lead = post_lead(&cfg, "name=Bob&phone=89990000002").await;
     // Ingestion goes on while the peers fail.
     let started = Instant::now();
-    let other = post(&cfg, "name=Cid&phone=89990000003").await;
+    let other = post_lead(&cfg, "name=Cid&phone=89990000003").await;
     assert!(started.elapsed() < Duration::from_secs(2));
     let owner = assignee(&db, lead).await;
     wait_for("failed attempts", Duration::from_secs(10), async || {
@@ -391,7 +357,7 @@ async fn a_failing_peer_is_retried_with_backoff_and_gets_the_message_once() {
 async fn a_notification_older_than_max_age_is_given_up_with_an_error() {
     // Telegram never comes back.
     let bot_port = support::free_port();
-    let cfg = TestConfig::new(None, SITE, TEAM, "default = \"role:sales\"\n");
+    let cfg = TestConfig::site(None, TEAM, "default = \"role:sales\"\n");
     cfg.write("notifier.token", &format!("{TOKEN}\n"));
     let team = TEAM.replace("notify = [\"email\"]\n", "");
     cfg.write("team.toml", &team);
@@ -401,7 +367,7 @@ async fn a_notification_older_than_max_age_is_given_up_with_an_error() {
     ));
     let db = Db::open(&cfg.db_url).await;
     let daemon = Daemon::start(&cfg);
-    let lead = post(&cfg, "name=Fay&phone=89990000006").await;
+    let lead = post_lead(&cfg, "name=Fay&phone=89990000006").await;
     wait_for("giving up", Duration::from_secs(10), async || {
         db.int(
             &format!("SELECT COUNT(*) FROM notifications WHERE lead_id = {lead} AND failed_at IS NOT NULL"),
@@ -448,7 +414,7 @@ async fn a_restart_between_commit_and_delivery_still_delivers_once() {
     let db = Db::open(&cfg.db_url).await;
     let mut daemon = Daemon::start(&cfg);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let lead = post(&cfg, "name=Dan&phone=89990000004").await;
+    let lead = post_lead(&cfg, "name=Dan&phone=89990000004").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(peers.bot.sent_messages().is_empty());
     assert_eq!(
@@ -485,7 +451,7 @@ async fn an_escalation_tells_the_new_assignee() {
     let cfg = config(&peers, routing, "100ms");
     let db = Db::open(&cfg.db_url).await;
     let _daemon = Daemon::start(&cfg);
-    let lead = post(&cfg, "name=Eve&phone=89990000005").await;
+    let lead = post_lead(&cfg, "name=Eve&phone=89990000005").await;
     let first = assignee(&db, lead).await;
     wait_for("the escalation", Duration::from_secs(15), async || {
         assignee(&db, lead).await != first
@@ -573,7 +539,7 @@ async fn two_instances_on_one_postgres_send_each_notification_once() {
     let mut leads = Vec::new();
     for i in 0..10 {
         let cfg = if i % 2 == 0 { &a } else { &b };
-        leads.push(post(cfg, &format!("name=N{i}&phone=8999000002{i}")).await);
+        leads.push(post_lead(cfg, &format!("name=N{i}&phone=8999000002{i}")).await);
     }
     wait_for("all sent", Duration::from_secs(20), async || {
         db.int(
@@ -613,12 +579,12 @@ members = ["olga", "ivan"]
 async fn a_queued_lead_is_released_by_the_rules_strategy_not_the_roles() {
     // The role turns round-robin; the rule says least-loaded.
     let routing = "default = \"role:pair\"\n[[rules]]\nname = \"web\"\nwhen.channel = \"site\"\nassign = \"role:pair\"\nstrategy = \"least_loaded\"\n[sla]\nsweep_every = \"200ms\"\n";
-    let cfg = TestConfig::new(None, SITE, PAIR_CAPPED, routing);
+    let cfg = TestConfig::site(None, PAIR_CAPPED, routing);
     let db = Db::open(&cfg.db_url).await;
     let _daemon = Daemon::start(&cfg);
-    let a = post(&cfg, "name=A&phone=89990000011").await;
-    let b = post(&cfg, "name=B&phone=89990000012").await;
-    let queued = post(&cfg, "name=C&phone=89990000013").await;
+    let a = post_lead(&cfg, "name=A&phone=89990000011").await;
+    let b = post_lead(&cfg, "name=B&phone=89990000012").await;
+    let queued = post_lead(&cfg, "name=C&phone=89990000013").await;
     let (holder_a, holder_b) = (assignee(&db, a).await, assignee(&db, b).await);
     assert_ne!(holder_a, holder_b);
     // The first holder is busy with theirs (open, not new); the second
@@ -756,7 +722,7 @@ async fn check_online_asks_the_notifier_bot_and_the_smtp_server() {
 
 #[test]
 fn check_names_the_file_and_field_of_notification_mistakes() {
-    let cfg = TestConfig::new(None, SITE, TEAM, "default = \"role:sales\"\n");
+    let cfg = TestConfig::site(None, TEAM, "default = \"role:sales\"\n");
     cfg.write(
         "team.toml",
         &format!(

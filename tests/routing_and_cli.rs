@@ -2,38 +2,13 @@
 
 mod support;
 
-use serde_json::Value;
 use support::daemon::{Daemon, TEAM, TestConfig, cli};
 use support::db::Db;
 use support::pg;
-
-async fn post(cfg: &TestConfig, channel: &str, body: &str) -> Value {
-    let resp = reqwest::Client::new()
-        .post(format!("{}/forms/{channel}", cfg.base_url()))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(body.to_owned())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    resp.json().await.unwrap()
-}
-
-async fn assignee(db: &Db, lead: i64) -> String {
-    db.row("SELECT assignee_user FROM leads WHERE id = $1", lead)
-        .await
-        .unwrap()["assignee_user"]
-        .clone()
-        .unwrap_or_default()
-}
-
-const OPEN_CHANNEL: &[(&str, &str)] = &[(
-    "site",
-    "kind = \"form\"\n[form]\nrate_limit_per_minute = 0\n",
-)];
+use support::site::{assignee, post_form};
 
 async fn round_robin_survives_restarts(db_url: Option<String>) {
-    let cfg = TestConfig::new(db_url, OPEN_CHANNEL, TEAM, "default = \"role:sales\"\n");
+    let cfg = TestConfig::site(db_url, TEAM, "default = \"role:sales\"\n");
     let db = Db::open(&cfg.db_url).await;
     let mut daemon = Daemon::start(&cfg);
     let mut got = Vec::new();
@@ -41,7 +16,7 @@ async fn round_robin_survives_restarts(db_url: Option<String>) {
         if i == 3 || i == 5 {
             daemon.restart();
         }
-        let r = post(&cfg, "site", &format!("name=N{i}&phone=8999000000{i}")).await;
+        let r = post_form(&cfg, "site", &format!("name=N{i}&phone=8999000000{i}")).await;
         got.push(assignee(&db, r["lead_id"].as_i64().unwrap()).await);
     }
     assert_eq!(
@@ -65,13 +40,13 @@ async fn round_robin_turns_survive_restarts_on_postgres() {
 #[tokio::test(flavor = "multi_thread")]
 async fn least_loaded_counts_open_leads_only() {
     let team = "[users.a]\n[users.b]\n[roles.pool]\nmembers = [\"a\", \"b\"]\nstrategy = \"least_loaded\"\n";
-    let cfg = TestConfig::new(None, OPEN_CHANNEL, team, "default = \"role:pool\"\n");
+    let cfg = TestConfig::site(None, team, "default = \"role:pool\"\n");
     let db = Db::open(&cfg.db_url).await;
     let _daemon = Daemon::start(&cfg);
-    let first = post(&cfg, "site", "phone=89990000001").await["lead_id"]
+    let first = post_form(&cfg, "site", "phone=89990000001").await["lead_id"]
         .as_i64()
         .unwrap();
-    let second = post(&cfg, "site", "phone=89990000002").await["lead_id"]
+    let second = post_form(&cfg, "site", "phone=89990000002").await["lead_id"]
         .as_i64()
         .unwrap();
     assert_eq!(assignee(&db, first).await, "a");
@@ -81,11 +56,11 @@ async fn least_loaded_counts_open_leads_only() {
         "UPDATE leads SET status = 'converted' WHERE id = {first}"
     ))
     .await;
-    let third = post(&cfg, "site", "phone=89990000003").await["lead_id"]
+    let third = post_form(&cfg, "site", "phone=89990000003").await["lead_id"]
         .as_i64()
         .unwrap();
     assert_eq!(assignee(&db, third).await, "a");
-    let fourth = post(&cfg, "site", "phone=89990000004").await["lead_id"]
+    let fourth = post_form(&cfg, "site", "phone=89990000004").await["lead_id"]
         .as_i64()
         .unwrap();
     assert_eq!(
@@ -160,7 +135,9 @@ assign = "user:pavel"
         ),
     ];
     for (channel, body, who, by) in cases {
-        let lead = post(&cfg, channel, body).await["lead_id"].as_i64().unwrap();
+        let lead = post_form(&cfg, channel, body).await["lead_id"]
+            .as_i64()
+            .unwrap();
         let row = db
             .row(
                 "SELECT assignee_user, assigned_by FROM leads WHERE id = $1",
@@ -189,10 +166,10 @@ async fn a_returning_contact_adds_an_activity_and_a_non_source_channel_makes_no_
     let cfg = TestConfig::new(None, channels, TEAM, "default = \"role:sales\"\n");
     let db = Db::open(&cfg.db_url).await;
     let _daemon = Daemon::start(&cfg);
-    let first = post(&cfg, "site", "name=Lev&phone=8 999 555-00-01&comment=first").await;
+    let first = post_form(&cfg, "site", "name=Lev&phone=8 999 555-00-01&comment=first").await;
     assert_eq!(first["disposition"], "lead_created");
     // Same person by e-mail and a differently written phone, new question.
-    let again = post(
+    let again = post_form(
         &cfg,
         "site",
         "phone=%2B79995550001&email=LEV%40example.ru&comment=second",
@@ -203,12 +180,12 @@ async fn a_returning_contact_adds_an_activity_and_a_non_source_channel_makes_no_
     let activities = db.int("SELECT COUNT(*) FROM activities", None).await;
     assert_eq!(activities, 1);
     // The e-mail learnt from the second message identifies the contact too.
-    let third = post(&cfg, "site", "email=lev@example.ru&comment=third").await;
+    let third = post_form(&cfg, "site", "email=lev@example.ru&comment=third").await;
     assert_eq!(third["disposition"], "activity_added");
 
     // Someone else quoting the same phone with their own e-mail (an office
     // number, a forwarded request) is a new person, not Lev's activity.
-    let other = post(
+    let other = post_form(
         &cfg,
         "site",
         "name=Viktor&phone=89995550001&email=viktor@example.ru",
@@ -217,9 +194,9 @@ async fn a_returning_contact_adds_an_activity_and_a_non_source_channel_makes_no_
     assert_eq!(other["disposition"], "lead_created");
     assert_ne!(other["lead_id"], first["lead_id"]);
 
-    let vendor = post(&cfg, "vendors", "name=V&phone=89990009988").await;
+    let vendor = post_form(&cfg, "vendors", "name=V&phone=89990009988").await;
     assert_eq!(vendor["disposition"], "not_lead_source");
-    assert_eq!(vendor["lead_id"], Value::Null);
+    assert_eq!(vendor["lead_id"], serde_json::Value::Null);
     assert_eq!(db.int("SELECT COUNT(*) FROM leads", None).await, 2);
     assert_eq!(
         db.int("SELECT COUNT(*) FROM inbound_messages", None).await,
@@ -230,9 +207,9 @@ async fn a_returning_contact_adds_an_activity_and_a_non_source_channel_makes_no_
 
 #[tokio::test(flavor = "multi_thread")]
 async fn cli_lists_leads_and_explains_decisions() {
-    let cfg = TestConfig::new(None, OPEN_CHANNEL, TEAM, support::daemon::ROUTING);
+    let cfg = TestConfig::site(None, TEAM, support::daemon::ROUTING);
     let daemon = Daemon::start(&cfg);
-    let lead = post(
+    let lead = post_form(
         &cfg,
         "site",
         "name=Ivan+Petrov&phone=89123456789&region=%D0%9A%D0%B0%D0%B7%D0%B0%D0%BD%D1%8C",
@@ -326,9 +303,8 @@ fn check_reports_every_problem_with_file_line_and_field() {
 
 #[test]
 fn secrets_never_appear_in_errors() {
-    let cfg = TestConfig::new(
+    let cfg = TestConfig::site(
         Some("postgres://leadgate:hunter2secret@127.0.0.1:1/nowhere".into()),
-        OPEN_CHANNEL,
         TEAM,
         "",
     );

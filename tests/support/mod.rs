@@ -8,6 +8,7 @@ pub mod db;
 pub mod dovecot;
 pub mod pg;
 pub mod proxy;
+pub mod site;
 pub mod smtp;
 pub mod telegram;
 pub mod tls;
