@@ -1,7 +1,8 @@
 //! Notifications (issue #10): the outbox written with the assignment and
 //! delivered after commit to real peers on loopback ports — the fake Bot
 //! API (tests/support/telegram.rs) as the notifier bot, and a local SMTP
-//! sink (tests/support/smtp.rs).
+//! sink (tests/support/smtp.rs), plain or over TLS with a certificate from
+//! a throwaway CA (tests/support/tls.rs).
 
 mod support;
 
@@ -13,6 +14,7 @@ use support::db::Db;
 use support::site::{assignee, post_lead, wait_for};
 use support::smtp::SmtpSink;
 use support::telegram::{FakeBotApi, TOKEN};
+use support::tls::TestCertificate;
 
 const TEAM: &str = r#"
 [users.olga]
@@ -209,6 +211,220 @@ async fn smtp_credentials_come_from_their_file_and_never_reach_the_log() {
     let log = daemon.log_text();
     assert!(!log.contains("s3cret-pw"), "{log}");
     assert!(!log.contains(TOKEN), "{log}");
+}
+
+/// `[notify.email]` of [`notify_section`] with TLS instead of `plain`;
+/// `ca_file`: the private CA to trust, if any.
+fn with_tls(section: &str, security: &str, ca_file: Option<&str>) -> String {
+    let ca = ca_file.map_or(String::new(), |f| format!("ca_file = \"{f}\"\n"));
+    section.replace(
+        "security = \"plain\"\n",
+        &format!("security = \"{security}\"\n{ca}"),
+    )
+}
+
+/// A relay whose certificate a private CA issued, trusted through
+/// `ca_file` (relative to the configuration folder): the message goes over
+/// TLS, once, to the right person with the template's subject and body.
+async fn email_over_tls_with_a_private_ca(security: &str) {
+    let cert = TestCertificate::issue();
+    let peers = Peers {
+        bot: FakeBotApi::start().await,
+        smtp: match security {
+            "tls" => SmtpSink::start_tls(&cert).await,
+            _ => SmtpSink::start_starttls(&cert).await,
+        },
+    };
+    let cfg = config(&peers, "default = \"role:sales\"\n", "100ms");
+    cfg.write("smtp-ca.pem", &cert.ca_pem);
+    cfg.write_main(&with_tls(
+        &peers.notify_section("100ms"),
+        security,
+        Some("smtp-ca.pem"),
+    ));
+    let db = Db::open(&cfg.db_url).await;
+    let _daemon = Daemon::start(&cfg);
+    let lead = post_lead(
+        &cfg,
+        "name=Ida+Tls&phone=89990000031&comment=Quote+for+X300+please",
+    )
+    .await;
+    let owner = assignee(&db, lead).await;
+    peers
+        .smtp
+        .wait_for("the e-mail over TLS", Duration::from_secs(10), |s| {
+            !s.mails().is_empty()
+        })
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mails = peers.smtp.mails();
+    assert_eq!(mails.len(), 1, "{mails:?}");
+    let mail = &mails[0];
+    assert!(mail.tls, "the message came over {security}");
+    assert_eq!(mail.to, vec![format!("{owner}@ourcompany.example")]);
+    let subject = mail.header("Subject").unwrap();
+    assert!(
+        subject.contains(&format!("New lead #{lead} for you")) && subject.contains("Ida Tls"),
+        "{subject}"
+    );
+    let body = mail.body();
+    for want in [
+        "Quote for X300 please".to_owned(),
+        "+79990000031".to_owned(),
+        format!("https://crm.example/leads/{lead}"),
+    ] {
+        assert!(body.contains(&want), "{want:?} not in {body:?}");
+    }
+    assert_eq!(
+        db.int(
+            &format!(
+                "SELECT COUNT(*) FROM notifications WHERE lead_id = {lead} AND transport = 'email' \
+                 AND sent_at IS NOT NULL AND attempts = 1 AND last_error IS NULL"
+            ),
+            None,
+        )
+        .await,
+        1
+    );
+    assert_eq!(peers.smtp.handshake_failures(), 0);
+    // `check --online` connects the same way (TLS, the same trust).
+    let path = cfg.path().to_owned();
+    let (code, out, err) = tokio::task::spawn_blocking(move || cli(&path, &["check", "--online"]))
+        .await
+        .unwrap();
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("notify.email: 127.0.0.1:"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn email_goes_over_implicit_tls_to_a_relay_a_private_ca_issued() {
+    email_over_tls_with_a_private_ca("tls").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn email_goes_over_starttls_to_a_relay_a_private_ca_issued() {
+    email_over_tls_with_a_private_ca("starttls").await;
+}
+
+/// Without `ca_file` the relay's certificate is not trusted: each attempt
+/// records the certificate error and is retried; ingestion and Telegram go
+/// on meanwhile. Trusting the CA (a reload) delivers each message once.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_untrusted_smtp_certificate_is_retried_and_blocks_nothing() {
+    let cert = TestCertificate::issue();
+    let peers = Peers {
+        bot: FakeBotApi::start().await,
+        smtp: SmtpSink::start_tls(&cert).await,
+    };
+    let cfg = config(&peers, "default = \"role:sales\"\n", "50ms");
+    cfg.write_main(&with_tls(&peers.notify_section("50ms"), "tls", None));
+    let db = Db::open(&cfg.db_url).await;
+    let daemon = Daemon::start(&cfg);
+    let lead = post_lead(&cfg, "name=Jon&phone=89990000032").await;
+    let owner = assignee(&db, lead).await;
+    wait_for("failed TLS attempts", Duration::from_secs(10), async || {
+        db.int(
+            &format!(
+                "SELECT COUNT(*) FROM notifications WHERE lead_id = {lead} AND transport = 'email' \
+                 AND attempts >= 2 AND last_error IS NOT NULL AND sent_at IS NULL AND failed_at IS NULL"
+            ),
+            None,
+        )
+        .await
+            == 1
+    })
+    .await;
+    let errors = db
+        .texts(&format!(
+            "SELECT last_error FROM notifications WHERE lead_id = {lead} AND transport = 'email'"
+        ))
+        .await;
+    let error = errors[0].clone().unwrap();
+    assert!(
+        error.to_lowercase().contains("certificate"),
+        "the error names the certificate: {error}"
+    );
+    assert!(peers.smtp.mails().is_empty());
+    assert!(peers.smtp.handshake_failures() >= 2);
+    // Ingestion is not held up, and Telegram is delivered as usual.
+    let started = Instant::now();
+    let other = post_lead(&cfg, "name=Kim&phone=89990000033").await;
+    assert!(started.elapsed() < Duration::from_secs(2));
+    wait_for(
+        "the Telegram messages",
+        Duration::from_secs(10),
+        async || peers.bot.sent_messages().len() == 2,
+    )
+    .await;
+    assert_eq!(texts_to(&peers.bot, chat_of(&owner)).len(), 1);
+    // The operator adds the CA and reloads: both e-mails go, once each.
+    cfg.write("smtp-ca.pem", &cert.ca_pem);
+    cfg.write_main(&with_tls(
+        &peers.notify_section("50ms"),
+        "tls",
+        Some("smtp-ca.pem"),
+    ));
+    daemon.signal(libc::SIGHUP);
+    wait_for(
+        "delivery once trusted",
+        Duration::from_secs(15),
+        async || {
+            db.int(
+            "SELECT COUNT(*) FROM notifications WHERE transport = 'email' AND sent_at IS NOT NULL",
+            None,
+        )
+        .await
+            == 2
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mails = peers.smtp.mails();
+    assert_eq!(mails.len(), 2, "{mails:?}");
+    for id in [lead, other] {
+        let to_lead = mails
+            .iter()
+            .filter(|m| {
+                m.tls
+                    && m.header("Subject")
+                        .is_some_and(|s| s.contains(&format!("New lead #{id} ")))
+            })
+            .count();
+        assert_eq!(to_lead, 1, "lead {id}: {mails:?}");
+    }
+}
+
+/// A `ca_file` that is missing or holds no certificate is a `check` error
+/// naming the field and the file.
+#[test]
+fn check_names_a_bad_smtp_ca_file() {
+    let cfg = TestConfig::site(None, TEAM, "default = \"role:sales\"\n");
+    cfg.write("notifier.token", &format!("{TOKEN}\n"));
+    cfg.write_main(&with_tls(
+        &notify_section("http://127.0.0.1:9/", 2525, "1s"),
+        "tls",
+        Some("certs/smtp-ca.pem"),
+    ));
+    let (code, _, err) = cli(cfg.path(), &["check"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("leadgate.toml:") && err.contains(": notify.email.ca_file: cannot read "),
+        "{err}"
+    );
+    assert!(err.contains("certs/smtp-ca.pem"), "{err}");
+    std::fs::create_dir_all(cfg.path().join("certs")).unwrap();
+    cfg.write("certs/smtp-ca.pem", "this is not a certificate\n");
+    let (code, _, err) = cli(cfg.path(), &["check"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains(": notify.email.ca_file: no certificate in ")
+            && err.contains("certs/smtp-ca.pem"),
+        "{err}"
+    );
+    // A good one passes.
+    cfg.write("certs/smtp-ca.pem", &TestCertificate::issue().ca_pem);
+    let (code, out, err) = cli(cfg.path(), &["check"]);
+    assert_eq!(code, 0, "{out}\n{err}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
