@@ -659,15 +659,16 @@ impl Bodies {
     fn of(msg: &Message<'_>) -> Bodies {
         let mut b = Bodies::default();
         let mut html = String::new();
-        let mut seen: Vec<u32> = Vec::new();
+        // A mail may have hundreds of thousands of parts: a flag per part
+        // keeps this pass linear.
+        let mut seen = vec![false; msg.parts.len()];
         for &id in msg.text_body.iter().chain(msg.html_body.iter()) {
-            if seen.contains(&id) {
-                continue;
-            }
-            seen.push(id);
             let Some(part) = msg.parts.get(id as usize) else {
                 continue;
             };
+            if std::mem::replace(&mut seen[id as usize], true) {
+                continue;
+            }
             match &part.body {
                 PartType::Text(t) if b.plain.len() < MAX_TEXT => {
                     let t = part_text(msg, part, t);
