@@ -29,6 +29,17 @@
 //! `LEADGATE_BENCH_DIR` (parent of the temp directory; default the system
 //! temp dir — keep it on a real disk, not tmpfs, or fsync costs nothing).
 //!
+//! Workloads (`LEADGATE_BENCH_WORKLOAD`): `forms` (the default: site-form
+//! posts from new contacts, no routing configured), `mango` (signed Mango
+//! Office call events), and for the notifications outbox (issue #10)
+//! `forms-routed` (the same posts, every lead routed to one user who has a
+//! Telegram chat, no `[notify]`) and `forms-notify` (the same, plus
+//! `[notify]` with the notifier bot pointed at a minimal fake Bot API on
+//! its own thread here: every lead also writes an outbox row, which the
+//! daemon then claims, sends and marks sent). `forms-notify` against
+//! `forms-routed` is the outbox's cost; after the load the bench waits for
+//! the outbox to drain and checks one row and one `sendMessage` per lead.
+//!
 //! The load generator is deliberately cheap: one current-thread tokio
 //! runtime and a minimal HTTP/1.1 keep-alive client over raw TCP that reuses
 //! its buffers. It still shares the machine's cores with the server; the
@@ -71,6 +82,12 @@ enum Workload {
     /// each signed: sign = hex sha256(api_key + json + api_salt), which
     /// the daemon checks before anything else (`mango`).
     Mango,
+    /// `forms`, each lead routed to a user with a Telegram chat, no
+    /// notifications (`forms-routed`): the control for `forms-notify`.
+    FormsRouted,
+    /// `forms-routed` plus `[notify]`: an outbox row per lead, delivered
+    /// to the fake Bot API while the load runs (`forms-notify`).
+    FormsNotify,
 }
 
 static WORKLOAD: std::sync::OnceLock<Workload> = std::sync::OnceLock::new();
@@ -80,7 +97,11 @@ fn workload() -> Workload {
         || match std::env::var("LEADGATE_BENCH_WORKLOAD").as_deref() {
             Ok("mango") => Workload::Mango,
             Ok("forms") | Ok("") | Err(_) => Workload::Forms,
-            Ok(other) => panic!("LEADGATE_BENCH_WORKLOAD={other:?}: use forms or mango"),
+            Ok("forms-routed") => Workload::FormsRouted,
+            Ok("forms-notify") => Workload::FormsNotify,
+            Ok(other) => panic!(
+                "LEADGATE_BENCH_WORKLOAD={other:?}: use forms, mango, forms-routed or forms-notify"
+            ),
         },
     )
 }
@@ -790,7 +811,14 @@ struct Daemon {
 }
 
 impl Daemon {
-    fn start(bin: &Path, dir: &Path, db_url: &str, sync: Option<&str>) -> anyhow::Result<Daemon> {
+    /// `notifier`: the fake Bot API's URL, for `forms-notify`.
+    fn start(
+        bin: &Path,
+        dir: &Path,
+        db_url: &str,
+        sync: Option<&str>,
+        notifier: Option<&str>,
+    ) -> anyhow::Result<Daemon> {
         let port = free_port()?;
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         std::fs::create_dir_all(dir.join("channels.d"))?;
@@ -798,10 +826,27 @@ impl Daemon {
             dir.join("leadgate.toml"),
             format!(
                 "[database]\nurl = \"{db_url}\"\n{}\n[http]\nlisten = \"{addr}\"\n\n\
-                 [log]\nformat = \"plain\"\nlevel = \"warn\"\n",
-                sync.map_or(String::new(), |s| format!("sqlite_synchronous = \"{s}\"\n"))
+                 [log]\nformat = \"plain\"\nlevel = \"warn\"\n{}",
+                sync.map_or(String::new(), |s| format!("sqlite_synchronous = \"{s}\"\n")),
+                notifier.map_or(String::new(), |url| format!(
+                    "\n[notify]\n[notify.telegram]\ntoken_file = \"notifier.token\"\napi_url = \"{url}\"\n"
+                ))
             ),
         )?;
+        if notifier.is_some() {
+            std::fs::write(dir.join("notifier.token"), NOTIFIER_TOKEN)?;
+        }
+        if matches!(workload(), Workload::FormsRouted | Workload::FormsNotify) {
+            std::fs::write(
+                dir.join("team.toml"),
+                "[users.olga]\nname = \"Olga\"\ntelegram_chat_id = 1001\n",
+            )?;
+            std::fs::write(
+                dir.join("routing.toml"),
+                "default = \"user:olga\"\n\n[[rules]]\nname = \"site-form\"\n\
+                 when.channel = \"site\"\nassign = \"user:olga\"\n",
+            )?;
+        }
         std::fs::write(
             dir.join("channels.d/site.toml"),
             "kind = \"form\"\n\n[form]\nrate_limit_per_minute = 0\n",
@@ -957,6 +1002,112 @@ fn commit_note(
         }
         _ => "no commit metrics".into(),
     }
+}
+
+// ------------------------------------------------- fake notifier Bot API
+
+const NOTIFIER_TOKEN: &str = "7000000001:AAbench_notifier";
+
+/// `forms-notify`: a minimal Telegram Bot API for the notifier bot, on a
+/// thread of its own so it takes no time from the load generator. It
+/// answers `sendMessage` as Telegram does (the sent message) and counts
+/// it; anything else is a 404. It keeps nothing per message (the tests'
+/// fake records every call, which a long run would make slow and large).
+struct FakeNotifier {
+    /// The server's runtime: it serves as long as this lives.
+    _rt: Runtime,
+    url: String,
+    sent: Arc<AtomicU64>,
+}
+
+impl FakeNotifier {
+    fn start() -> anyhow::Result<FakeNotifier> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("fake-bot-api")
+            .enable_all()
+            .build()?;
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .context("cannot bind the fake Bot API")?;
+        let url = format!("http://{}/", listener.local_addr()?);
+        let sent = Arc::new(AtomicU64::new(0));
+        let app = axum::Router::new()
+            .route("/{bot}/{method}", axum::routing::post(fake_send_message))
+            .with_state(sent.clone());
+        rt.spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(FakeNotifier { _rt: rt, url, sent })
+    }
+
+    fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+}
+
+async fn fake_send_message(
+    axum::extract::State(sent): axum::extract::State<Arc<AtomicU64>>,
+    axum::extract::Path((bot, method)): axum::extract::Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> (axum::http::StatusCode, axum::Json<serde_json::Value>) {
+    use serde_json::json;
+    if bot.strip_prefix("bot") != Some(NOTIFIER_TOKEN) || method != "sendMessage" {
+        return (
+            axum::http::StatusCode::NOT_FOUND,
+            axum::Json(json!({"ok": false, "error_code": 404, "description": "Not Found"})),
+        );
+    }
+    let params: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let n = sent.fetch_add(1, Ordering::Relaxed) + 1;
+    (
+        axum::http::StatusCode::OK,
+        axum::Json(json!({"ok": true, "result": {
+            "message_id": n,
+            "date": 1763283300,
+            "chat": {"id": params["chat_id"], "type": "private", "first_name": "Olga"},
+            "from": {"id": 7000000001i64, "is_bot": true, "first_name": "Notifier", "username": "notifier_bot"},
+            "text": params["text"],
+        }})),
+    )
+}
+
+/// After the load: wait (at most 2 minutes) until every outbox row is
+/// sent, then check one row per lead and one `sendMessage` per row.
+/// `sent_before`: the fake's count when this daemon started.
+fn outbox_check(
+    rt: &Runtime,
+    db: &Db,
+    label: &str,
+    fake: &FakeNotifier,
+    sent_before: u64,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    const UNSENT: &str = "SELECT COUNT(*) FROM notifications WHERE sent_at IS NULL";
+    let backlog = db.count(rt, UNSENT)?;
+    let start = Instant::now();
+    let mut unsent = backlog;
+    while unsent > 0 && start.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(100));
+        unsent = db.count(rt, UNSENT)?;
+    }
+    let drained = start.elapsed();
+    let rows = db.count(rt, "SELECT COUNT(*) FROM notifications")?;
+    let leads = db.count(rt, "SELECT COUNT(*) FROM leads")?;
+    let sent = fake.sent() - sent_before;
+    let ok = unsent == 0 && rows == leads && sent == rows as u64;
+    let line = format!(
+        "{label} outbox: {rows} row(s) for {leads} lead(s); {backlog} unsent when the load stopped, \
+         {unsent} after {:.1} s; the fake Bot API got {sent} sendMessage -> {}",
+        drained.as_secs_f64(),
+        if ok { "OK" } else { "MISMATCH" }
+    );
+    println!("  {line}");
+    if !ok {
+        report.failures.push(line.clone());
+    }
+    report.rows.push(line);
+    Ok(())
 }
 
 // ----------------------------------------------------------------- database
@@ -1319,6 +1470,7 @@ fn run_daemon(
     db: &Db,
     label: &str,
     counter: &Arc<AtomicU64>,
+    notifier: Option<&FakeNotifier>,
     report: &mut Report,
 ) -> anyhow::Result<DaemonRun> {
     let sync = if matches!(db, Db::Sqlite(_)) {
@@ -1326,7 +1478,8 @@ fn run_daemon(
     } else {
         None
     };
-    let mut daemon = Daemon::start(bin, dir, db_url, sync)?;
+    let sent_before = notifier.map_or(0, FakeNotifier::sent);
+    let mut daemon = Daemon::start(bin, dir, db_url, sync, notifier.map(|n| n.url.as_str()))?;
     let ready = daemon.wait_ready(rt, Duration::from_secs(60))?;
     println!(
         "[{label}] daemon pid {} on {} ready after {:.2} s",
@@ -1434,6 +1587,13 @@ fn run_daemon(
         Some(ok_total),
         report,
     );
+    if let Some(fake) = notifier
+        && let Err(e) = outbox_check(rt, db, label, fake, sent_before, report)
+    {
+        report
+            .failures
+            .push(format!("{label}: cannot check the outbox: {e:#}"));
+    }
 
     let after_rss_kb = proc_status_kb(&daemon.pid, "VmRSS:");
     let peak_rss_kb = proc_status_kb(&daemon.pid, "VmHWM:");
@@ -1485,12 +1645,19 @@ fn run(s: &Settings, report: &mut Report) -> anyhow::Result<()> {
             .tempdir()?,
     };
     let counter = Arc::new(AtomicU64::new(1));
+    let notifier = match workload() {
+        Workload::FormsNotify => Some(FakeNotifier::start()?),
+        _ => None,
+    };
     println!(
         "leadgate ingest bench: {} s phases, {} s warm-up, {} closed-loop clients, {} req/s fixed rate over {} connections",
         s.seconds, s.warmup, s.concurrency, s.rate, s.open_conns
     );
     println!("daemon binary: {}", bin.display());
     println!("workload: {:?} (LEADGATE_BENCH_WORKLOAD)", workload());
+    if let Some(n) = &notifier {
+        println!("notifier: fake Bot API at {}", n.url);
+    }
     if let Some(sync) = &s.sqlite_sync {
         println!(
             "daemon sqlite_synchronous = {sync} (LEADGATE_BENCH_SQLITE_SYNC; the baseline stays FULL)"
@@ -1511,6 +1678,7 @@ fn run(s: &Settings, report: &mut Report) -> anyhow::Result<()> {
         &Db::Sqlite(&db_path),
         "sqlite",
         &counter,
+        notifier.as_ref(),
         report,
     )?;
     report.sqlite_idle_rss_kb = r.idle_rss_kb;
@@ -1537,6 +1705,7 @@ fn run(s: &Settings, report: &mut Report) -> anyhow::Result<()> {
             &Db::Postgres(url),
             "postgres",
             &counter,
+            notifier.as_ref(),
             report,
         )?;
         report.pg_idle_rss_kb = r.idle_rss_kb;
@@ -1615,7 +1784,8 @@ fn print_summary(s: &Settings, r: &Report) {
     println!();
     println!("================================ SUMMARY ================================");
     println!(
-        "phases {} s, {} closed-loop clients, fixed rate {} req/s; daemon SQLite synchronous={}; latencies in ms",
+        "workload {:?}; phases {} s, {} closed-loop clients, fixed rate {} req/s; daemon SQLite synchronous={}; latencies in ms",
+        workload(),
         s.seconds,
         s.concurrency,
         s.rate,
