@@ -139,6 +139,7 @@ impl Store {
             let pool = SqlitePoolOptions::new()
                 .max_connections(db.max_connections)
                 .acquire_timeout(db.acquire_timeout.0)
+                .after_release(|conn, _| Box::pin(settled(conn)))
                 .connect_with(opts)
                 .await?;
             Ok(Store::Sqlite(pool))
@@ -344,6 +345,31 @@ impl Store {
     }
 }
 
+/// Whether an SQLite connection may go back to the pool: not while sqlx
+/// still counts it inside a transaction.
+///
+/// A write that fails with SQLITE_FULL or an I/O error may be rolled back
+/// by SQLite itself; the ROLLBACK that sqlx issues when the transaction is
+/// dropped then fails ("no transaction is active"), and sqlx keeps the
+/// connection's transaction depth at 1 for good. Back in the pool, every
+/// later `BEGIN` on it failed ("attempted to call begin_with at non-zero
+/// transaction depth"), so after a full disk the daemon answered 503 until
+/// restarted, however much room there was again. Such a connection is
+/// closed instead and the pool opens a fresh one.
+async fn settled(conn: &mut sqlx::SqliteConnection) -> Result<bool, sqlx::Error> {
+    use sqlx::{Connection, TransactionManager};
+    // The rollback a dropped transaction queued runs before the ping.
+    conn.ping().await?;
+    let depth = <sqlx::Sqlite as sqlx::Database>::TransactionManager::get_transaction_depth(conn);
+    if depth > 0 {
+        tracing::debug!(
+            depth,
+            "an SQLite connection could not roll back its transaction; closed"
+        );
+    }
+    Ok(depth == 0)
+}
+
 /// Where an SQLite URL points, for messages.
 pub fn describe_url(url: &Secret) -> String {
     let u = url.expose();
@@ -358,5 +384,40 @@ pub fn describe_url(url: &Secret) -> String {
             format!("{scheme}://{}", host.split('?').next().unwrap_or(host))
         }
         None => "database".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a write failing with SQLITE_FULL does behind sqlx's back: SQLite
+    /// ends the transaction itself, so the ROLLBACK sqlx sends when the
+    /// transaction is dropped fails. The connection (the only one) must
+    /// still serve the next transaction.
+    #[tokio::test]
+    async fn a_connection_whose_rollback_failed_is_not_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = Secret::new(format!("sqlite://{}/t.db", dir.path().display()));
+        let config = DatabaseConfig {
+            max_connections: 1,
+            ..DatabaseConfig::default()
+        };
+        let Store::Sqlite(pool) = Store::connect(&url, &config).await.unwrap() else {
+            unreachable!()
+        };
+        for _ in 0..2 {
+            let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.unwrap();
+            sqlx::query("ROLLBACK").execute(&mut *tx).await.unwrap();
+        }
+        let mut tx = pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .expect("a connection that can begin a transaction");
+        sqlx::query("CREATE TABLE t (x INTEGER)")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
     }
 }
