@@ -124,7 +124,9 @@ async fn commit(store: &Store, batch: Vec<WriteRequest>) {
                     started.elapsed().as_secs_f64(),
                     result.is_ok(),
                 );
-                let result = result.map(|mut r| r.remove(0)).map_err(|e| unavailable(&e));
+                let result = result
+                    .map(|mut r| r.remove(0))
+                    .map_err(|e| unavailable(store, &e));
                 if let Ok(receipts) = &result {
                     count(&req, receipts);
                 }
@@ -132,9 +134,10 @@ async fn commit(store: &Store, batch: Vec<WriteRequest>) {
             }
         }
         Err(e) => {
-            tracing::error!(error = %e, requests = batch.len(), "commit failed; nothing acknowledged");
+            let why = describe(store, &e);
+            tracing::error!(error = %why, requests = batch.len(), "commit failed; nothing acknowledged");
             crate::metrics::commit(0, started.elapsed().as_secs_f64(), false);
-            let err = unavailable(&e);
+            let err = SinkError::Unavailable(why);
             for req in batch {
                 let _ = req.reply.send(Err(err.clone()));
             }
@@ -195,8 +198,103 @@ fn is_unavailable(e: &sqlx::Error) -> bool {
         })
 }
 
-fn unavailable(e: &sqlx::Error) -> SinkError {
-    SinkError::Unavailable(e.to_string())
+fn unavailable(store: &Store, e: &sqlx::Error) -> SinkError {
+    SinkError::Unavailable(describe(store, e))
+}
+
+/// A failed commit as the log and the senders' refusals tell it. SQLite's
+/// own words name neither the file nor the way out ("database or disk is
+/// full", "disk I/O error"), so a commit that could not write the database
+/// file says which file, why and what to do.
+fn describe(store: &Store, e: &sqlx::Error) -> String {
+    let Store::Sqlite(pool) = store else {
+        return e.to_string();
+    };
+    let Some(code) = e
+        .as_database_error()
+        .and_then(|d| d.code())
+        .and_then(|c| c.parse::<u32>().ok())
+    else {
+        return e.to_string();
+    };
+    let options = pool.connect_options();
+    let file = options.get_filename();
+    const MEANWHILE: &str = "nothing is acknowledged meanwhile (webhooks and forms are \
+                             answered 503, pollers keep their place and retry)";
+    // Primary codes: 8 READONLY, 10 IOERR, 13 FULL, 14 CANTOPEN.
+    let why = match code & 0xff {
+        8 | 10 | 13 | 14 if on_read_only_mount(file) => format!(
+            "the filesystem holding it is read-only (ext4 turns itself read-only after \
+             an I/O error: see the kernel log, `dmesg`); {MEANWHILE}; if it has to be \
+             unmounted to be repaired, stop leadgate first and start it after"
+        ),
+        13 => format!(
+            "the filesystem holding it is full: free space there or move the database \
+             to a larger one; {MEANWHILE}, and writing resumes by itself once there is room"
+        ),
+        8 => format!(
+            "SQLite opened it read-only (the file or its folder was not writable when \
+             leadgate started): make both writable and restart leadgate; {MEANWHILE}"
+        ),
+        10 => {
+            format!("the disk failed a read or a write: see the kernel log (`dmesg`); {MEANWHILE}")
+        }
+        14 => format!(
+            "SQLite cannot open or create the database's files (the database and its \
+             `-wal` and `-shm` files beside it): check that folder; {MEANWHILE}"
+        ),
+        _ => return e.to_string(),
+    };
+    format!(
+        "cannot write the SQLite database {}: {e}: {why}",
+        file.display()
+    )
+}
+
+/// Whether the filesystem holding `file` is read-only now, by
+/// `/proc/self/mountinfo`: `ro` among the mount's or the filesystem's
+/// options, or ext4's `emergency_ro` (set after an error under
+/// `errors=remount-ro`; the options may still say `rw` then). Opening the
+/// database file to find out is no option: closing any descriptor of it
+/// drops the process's POSIX locks on it, SQLite's among them.
+fn on_read_only_mount(file: &std::path::Path) -> bool {
+    let Some(dir) = file.parent().and_then(|d| {
+        std::fs::canonicalize(if d.as_os_str().is_empty() {
+            ".".as_ref()
+        } else {
+            d
+        })
+        .ok()
+    }) else {
+        return false;
+    };
+    let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    // `36 35 98:0 /root /mount/point rw,noatime shared:1 - ext4 /dev/x rw,errors=…`
+    let mut best: Option<(usize, bool)> = None;
+    for line in mounts.lines() {
+        let (mount, fs) = line.split_once(" - ").unwrap_or((line, ""));
+        let fields: Vec<&str> = mount.split(' ').collect();
+        let (Some(point), Some(options)) = (fields.get(4), fields.get(5)) else {
+            continue;
+        };
+        let point = point
+            .replace("\\040", " ")
+            .replace("\\011", "\t")
+            .replace("\\134", "\\");
+        let depth = point.len();
+        if !dir.starts_with(&point) || best.is_some_and(|(d, _)| d > depth) {
+            continue;
+        }
+        let super_options = fs.split(' ').nth(2).unwrap_or("");
+        let ro = options.split(',').any(|o| o == "ro")
+            || super_options
+                .split(',')
+                .any(|o| o == "ro" || o == "emergency_ro");
+        best = Some((depth, ro));
+    }
+    best.is_some_and(|(_, ro)| ro)
 }
 
 /// How long a PostgreSQL commit may take before its batch is refused.
