@@ -305,28 +305,50 @@ fn values_sql(
     sql
 }
 
-/// `keys` and, when padding, its last key repeated up to `size` (a key
-/// twice in an `OR` matches its rows once).
-fn padded_keys<'k>(keys: &[(&'k str, &'k str)], size: usize) -> Vec<(&'k str, &'k str)> {
-    let mut all = keys.to_vec();
-    if let Some(&last) = keys.last() {
-        all.resize(size.max(keys.len()), last);
-    }
-    all
+/// One statement of a keyed lookup: the `WHERE` condition and its bind
+/// values in order.
+struct KeyedLookup<'k> {
+    condition: String,
+    binds: Vec<&'k str>,
 }
 
-/// `(a = $k AND b = $k+1) OR …` for `n` pairs, numbering after `offset`.
-fn pairs_sql(p: Placeholder, a: &str, b: &str, n: usize, offset: usize) -> String {
-    (0..n)
-        .map(|i| {
-            format!(
-                "({a} = {} AND {b} = {})",
-                p(offset + 2 * i + 1),
-                p(offset + 2 * i + 2)
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(" OR ")
+/// `a = $k AND b IN ($k+1, …)` per distinct `a` of `(a, b)` keys (numbering
+/// after `offset`), so that the index on `(a, b, …)` is probed by both
+/// columns whatever the planner's statistics say. An `OR` of `(a = … AND
+/// b = …)` pairs let PostgreSQL factor the shared `a` out and scan every
+/// row of a fast-growing, not yet analyzed table for it. When padding
+/// (SQLite), the last `b` repeats up to a cached statement size.
+fn keyed_lookups<'k>(
+    p: Placeholder,
+    pad: bool,
+    (a, b): (&str, &str),
+    keys: &[(&'k str, &'k str)],
+    offset: usize,
+) -> Vec<KeyedLookup<'k>> {
+    let mut groups: Vec<(&'k str, Vec<&'k str>)> = Vec::new();
+    for &(ka, kb) in keys {
+        match groups.iter_mut().find(|(g, _)| *g == ka) {
+            Some((_, bs)) => bs.push(kb),
+            None => groups.push((ka, vec![kb])),
+        }
+    }
+    let per_statement = MAX_PARAMS - offset - 1;
+    let mut lookups = Vec::new();
+    for (ka, bs) in groups {
+        for chunk in bs.chunks(per_statement) {
+            let size = padded(pad, chunk.len(), per_statement);
+            let mut binds = Vec::with_capacity(size + 1);
+            binds.push(ka);
+            binds.extend_from_slice(chunk);
+            binds.resize(size + 1, chunk[chunk.len() - 1]);
+            let list: Vec<String> = (0..size).map(|i| p(offset + i + 2)).collect();
+            lookups.push(KeyedLookup {
+                condition: format!("{a} = {} AND {b} IN ({})", p(offset + 1), list.join(", ")),
+                binds,
+            });
+        }
+    }
+    lookups
 }
 
 fn found_inbound<Row: sqlx::Row>(r: &Row) -> R<FoundInbound>
@@ -365,15 +387,14 @@ macro_rules! impl_tx {
 
             async fn find_inbounds(&mut self, keys: &[(&str, &str)]) -> R<Vec<FoundInbound>> {
                 let mut found = Vec::new();
-                for chunk in keys.chunks(MAX_PARAMS / 2) {
-                    let chunk = padded_keys(chunk, padded($pad, chunk.len(), MAX_PARAMS / 2));
+                for l in keyed_lookups($placeholder, $pad, ("channel_id", "source_ref"), keys, 0) {
                     let sql = format!(
                         "SELECT channel_id, source_ref, id, lead_id, received_at FROM inbound_messages WHERE {}",
-                        pairs_sql($placeholder, "channel_id", "source_ref", chunk.len(), 0)
+                        l.condition
                     );
                     let mut q = sqlx::query(&sql);
-                    for (a, b) in &chunk {
-                        q = q.bind(*a).bind(*b);
+                    for v in l.binds {
+                        q = q.bind(v);
                     }
                     for r in q.fetch_all(&mut *self).await? {
                         found.push(found_inbound(&r)?);
@@ -388,17 +409,16 @@ macro_rules! impl_tx {
                 since: DateTime<Utc>,
             ) -> R<Vec<FoundInbound>> {
                 let mut found = Vec::new();
-                for chunk in keys.chunks(MAX_PARAMS / 2) {
-                    let chunk = padded_keys(chunk, padded($pad, chunk.len(), MAX_PARAMS / 2));
+                for l in keyed_lookups($placeholder, $pad, ("channel_id", "content_key"), keys, 1) {
                     let sql = format!(
                         "SELECT channel_id, content_key, id, lead_id, received_at FROM inbound_messages \
-                         WHERE received_at >= {} AND ({}) ORDER BY id",
+                         WHERE received_at >= {} AND {}",
                         ($placeholder)(1),
-                        pairs_sql($placeholder, "channel_id", "content_key", chunk.len(), 1)
+                        l.condition
                     );
                     let mut q = sqlx::query(&sql).bind(since);
-                    for (a, b) in &chunk {
-                        q = q.bind(*a).bind(*b);
+                    for v in l.binds {
+                        q = q.bind(v);
                     }
                     for r in q.fetch_all(&mut *self).await? {
                         found.push(found_inbound(&r)?);
@@ -448,19 +468,21 @@ macro_rules! impl_tx {
                 if ids.is_empty() {
                     return Ok(Vec::new());
                 }
-                let ids = padded_keys(ids, padded($pad, ids.len(), MAX_PARAMS / 2));
-                let sql = format!(
-                    "SELECT kind, value, contact_id FROM contact_identities WHERE {}",
-                    pairs_sql($placeholder, "kind", "value", ids.len(), 0)
-                );
-                let mut q = sqlx::query(&sql);
-                for (kind, value) in &ids {
-                    q = q.bind(*kind).bind(*value);
+                let mut found = Vec::new();
+                for l in keyed_lookups($placeholder, $pad, ("kind", "value"), ids, 0) {
+                    let sql = format!(
+                        "SELECT kind, value, contact_id FROM contact_identities WHERE {}",
+                        l.condition
+                    );
+                    let mut q = sqlx::query(&sql);
+                    for v in l.binds {
+                        q = q.bind(v);
+                    }
+                    for r in q.fetch_all(&mut *self).await? {
+                        found.push((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?));
+                    }
                 }
-                let rows = q.fetch_all(&mut *self).await?;
-                rows.iter()
-                    .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
-                    .collect()
+                Ok(found)
             }
 
             async fn insert_identities(&mut self, ids: &[(&str, &str, i64)], now: DateTime<Utc>) -> R<()> {
@@ -781,15 +803,11 @@ macro_rules! impl_tx {
 
             async fn find_calls(&mut self, keys: &[(&str, &str)]) -> R<Vec<(String, String)>> {
                 let mut found = Vec::new();
-                for chunk in keys.chunks(MAX_PARAMS / 2) {
-                    let chunk = padded_keys(chunk, padded($pad, chunk.len(), MAX_PARAMS / 2));
-                    let sql = format!(
-                        "SELECT channel_id, call_id FROM calls WHERE {}",
-                        pairs_sql($placeholder, "channel_id", "call_id", chunk.len(), 0)
-                    );
+                for l in keyed_lookups($placeholder, $pad, ("channel_id", "call_id"), keys, 0) {
+                    let sql = format!("SELECT channel_id, call_id FROM calls WHERE {}", l.condition);
                     let mut q = sqlx::query(&sql);
-                    for (a, b) in &chunk {
-                        q = q.bind(*a).bind(*b);
+                    for v in l.binds {
+                        q = q.bind(v);
                     }
                     for r in q.fetch_all(&mut *self).await? {
                         found.push((r.try_get(0)?, r.try_get(1)?));
@@ -946,3 +964,41 @@ impl_tx!(
     numbered,
     false
 );
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keyed_lookups_probe_both_columns_per_distinct_first_column() {
+        let keys = [("tg", "1"), ("site", "a"), ("tg", "2"), ("tg", "3")];
+        let pg = keyed_lookups(numbered, false, ("channel_id", "source_ref"), &keys, 1);
+        let got: Vec<_> = pg
+            .iter()
+            .map(|l| (l.condition.as_str(), l.binds.clone()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    "channel_id = $2 AND source_ref IN ($3, $4, $5)",
+                    vec!["tg", "1", "2", "3"]
+                ),
+                ("channel_id = $2 AND source_ref IN ($3)", vec!["site", "a"]),
+            ]
+        );
+
+        // SQLite pads to a cached size (3 → 3, 5 → 6) by repeating the last key.
+        let five: Vec<_> = ["1", "2", "3", "4", "5"]
+            .iter()
+            .map(|k| ("tg", *k))
+            .collect();
+        let sqlite = keyed_lookups(anonymous, true, ("channel_id", "call_id"), &five, 0);
+        assert_eq!(sqlite.len(), 1);
+        assert_eq!(
+            sqlite[0].condition,
+            "channel_id = ? AND call_id IN (?, ?, ?, ?, ?, ?)"
+        );
+        assert_eq!(sqlite[0].binds, ["tg", "1", "2", "3", "4", "5", "5"]);
+    }
+}
