@@ -203,6 +203,10 @@ impl Pollers {
     }
 }
 
+/// How long a poller session must last to count as having reached its
+/// peer (see `supervise`).
+const HEALTHY_SESSION: Duration = Duration::from_secs(10);
+
 /// A little spread so many channels do not reconnect in lockstep.
 fn jitter(d: Duration) -> Duration {
     let nanos = std::time::SystemTime::now()
@@ -252,7 +256,11 @@ async fn supervise(
         let _ = store
             .record_channel_error(id.as_str(), &e.to_string())
             .await;
-        if started.elapsed() > Duration::from_secs(60) {
+        // A session that outlived the wait before it reached its peer: the
+        // next failure is news, not the same outage, so it starts from a
+        // short wait again. (Between 10 s, so an instant failure never
+        // resets, and a minute, so a long outage's wait is not the bar.)
+        if started.elapsed() >= backoff.clamp(HEALTHY_SESSION, Duration::from_secs(60)) {
             backoff = Duration::from_secs(1);
         }
         let wait = if e.is_transient() {

@@ -310,9 +310,12 @@ pub fn database_url(db: &DatabaseConfig, dir: &Path) -> Result<Secret, String> {
             } else {
                 file.clone()
             };
-            let text = std::fs::read_to_string(&path)
+            let text = leadgate_connector::read_secret_file(&path)
                 .map_err(|e| format!("`url_file`: cannot read {}: {e}", path.display()))?;
-            Ok(Secret::new(text.trim()))
+            match text.trim() {
+                "" => Err(format!("`url_file`: {} is empty", path.display())),
+                url => Ok(Secret::new(url)),
+            }
         }
         (None, None) => Ok(Secret::new(DEFAULT_DATABASE_URL)),
     }
@@ -334,4 +337,34 @@ pub fn known_lead_fields() -> BTreeMap<&'static str, &'static str> {
         ("text", "the message text"),
         ("subject", "the subject line"),
     ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_database_url_file_is_read_boundedly_and_must_not_be_empty() {
+        let dir = std::env::temp_dir().join(format!("leadgate-url-file-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("db.url"), "postgres://lg@db/leads\n").unwrap();
+        std::fs::write(dir.join("empty.url"), "\n").unwrap();
+        let from = |file: &str| {
+            let db = DatabaseConfig {
+                url_file: Some(PathBuf::from(file)),
+                ..DatabaseConfig::default()
+            };
+            database_url(&db, &dir).map(|s| s.expose().to_owned())
+        };
+        assert_eq!(from("db.url").unwrap(), "postgres://lg@db/leads");
+        assert!(from("empty.url").unwrap_err().contains("is empty"));
+        // A device never ends: refused, not read until memory runs out.
+        assert!(from("/dev/zero").unwrap_err().contains("not a secret"));
+        assert!(
+            from("missing.url")
+                .unwrap_err()
+                .starts_with("`url_file`: cannot read")
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -38,6 +38,8 @@ pub use inbound::{
     IdentityKind, Inbound, Sender, fields,
 };
 pub use live::LiveChannels;
-pub use secret::{Secret, SecretSource, resolve_config_path, set_secret_base_dir};
+pub use secret::{
+    Secret, SecretSource, read_secret_file, resolve_config_path, set_secret_base_dir,
+};
 pub use sink::{Batch, BoxFuture, CursorUpdate, Disposition, PollerContext, Receipt, Sink};
 pub use tokio_util::sync::CancellationToken;

@@ -57,7 +57,7 @@ fn resolve_path(path: &Path) -> PathBuf {
 /// is refused instead of filling memory.
 const MAX_SECRET_FILE: u64 = 64 * 1024;
 
-fn read_secret_file(path: &Path) -> std::io::Result<String> {
+pub fn read_secret_file(path: &Path) -> std::io::Result<String> {
     use std::io::Read;
     let mut text = String::new();
     let read = std::fs::File::open(path)?
