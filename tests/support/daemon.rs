@@ -193,6 +193,14 @@ impl Daemon {
         self.wait_ready();
     }
 
+    /// How the process ended, once it has (exited or crashed since it was
+    /// last started); `None` while it runs.
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
     }

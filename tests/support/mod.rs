@@ -5,6 +5,7 @@
 pub mod corpus;
 pub mod daemon;
 pub mod db;
+pub mod disk;
 pub mod dovecot;
 pub mod pg;
 pub mod proxy;
