@@ -91,6 +91,7 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
 }
 
 pub async fn run(config_dir: &Path, config: Config) -> anyhow::Result<()> {
+    crate::server::raise_open_files_limit_logged();
     let store = open_store(&config).await?;
     let url =
         config::database_url(&config.main.database, &config.dir).map_err(anyhow::Error::msg)?;

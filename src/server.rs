@@ -82,6 +82,61 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// unit allows 65,536) while senders that behave keep being served.
 const MAX_CONNECTIONS: usize = 10_000;
 
+/// Raise the soft open-files limit (`RLIMIT_NOFILE`) to the hard limit, as
+/// Go's runtime and many daemons do: each connection is a descriptor, and
+/// the soft limit a shell or a container hands out (often 1024) would make
+/// `accept` fail with EMFILE long before [`MAX_CONNECTIONS`]. The systemd
+/// unit sets both to 65,536; elsewhere the hard limit is what the
+/// administrator allows. The resulting soft limit, or the error.
+pub fn raise_open_files_limit() -> std::io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write `lim`.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if lim.rlim_cur >= lim.rlim_max {
+        return Ok(lim.rlim_cur);
+    }
+    let before = lim.rlim_cur;
+    lim.rlim_cur = lim.rlim_max;
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+        let refused = std::io::Error::last_os_error();
+        // An unlimited hard limit: the kernel allows no more than
+        // fs.nr_open descriptors per process.
+        let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+            .ok()
+            .and_then(|v| v.trim().parse::<libc::rlim_t>().ok());
+        match nr_open {
+            Some(n) if n > before && n < lim.rlim_max => {
+                lim.rlim_cur = n;
+                if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            _ => return Err(refused),
+        }
+    }
+    Ok(lim.rlim_cur)
+}
+
+/// [`raise_open_files_limit`] at the daemon's start, logged.
+pub fn raise_open_files_limit_logged() {
+    match raise_open_files_limit() {
+        Ok(limit) if limit < MAX_CONNECTIONS as u64 => tracing::warn!(
+            limit,
+            max_connections = MAX_CONNECTIONS,
+            "the open-files limit (RLIMIT_NOFILE, hard) is below the connection cap: \
+             accepting will fail with EMFILE before the cap; raise it (LimitNOFILE= \
+             under systemd, ulimit -Hn)"
+        ),
+        Ok(limit) => tracing::debug!(limit, "open-files limit (RLIMIT_NOFILE)"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-files limit (RLIMIT_NOFILE)"),
+    }
+}
+
 /// Serve until `shutdown` is cancelled, then stop accepting and wait for
 /// requests in flight to be answered.
 pub async fn serve(
@@ -140,4 +195,42 @@ pub async fn serve(
     drop(listener);
     graceful.shutdown().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nofile() -> (u64, u64) {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+        (lim.rlim_cur, lim.rlim_max)
+    }
+
+    #[test]
+    fn the_open_files_limit_is_raised_to_the_hard_limit() {
+        // Lower the soft limit as a shell's default would (not so low that
+        // tests running beside this one in the process run out), then
+        // raise it.
+        let (_, hard) = nofile();
+        let lowered = libc::rlimit {
+            rlim_cur: (hard / 2).min(4096),
+            rlim_max: hard as libc::rlim_t,
+        };
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lowered) }, 0);
+        let raised = raise_open_files_limit().expect("raise RLIMIT_NOFILE");
+        let (soft, hard_after) = nofile();
+        assert_eq!(soft, raised);
+        assert_eq!(hard_after, hard, "the hard limit is left alone");
+        if hard != libc::RLIM_INFINITY {
+            assert_eq!(soft, hard);
+        } else {
+            assert!(soft > 4096);
+        }
+        // Again: nothing to do, the same answer.
+        assert_eq!(raise_open_files_limit().unwrap(), soft);
+    }
 }
