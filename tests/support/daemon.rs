@@ -147,6 +147,9 @@ pub struct Daemon {
     starts: u32,
     config: PathBuf,
     port: u16,
+    /// A soft `RLIMIT_NOFILE` to start the daemon with (the hard limit
+    /// stays the test's), as a shell's default of 1024 would.
+    nofile_soft: Option<u64>,
 }
 
 pub fn binary() -> &'static str {
@@ -159,6 +162,11 @@ impl Daemon {
     }
 
     pub fn start_with_env(cfg: &TestConfig, env: &[(&str, &str)]) -> Daemon {
+        Daemon::start_with(cfg, env, None)
+    }
+
+    /// Start with `env` and, if given, this soft `RLIMIT_NOFILE`.
+    pub fn start_with(cfg: &TestConfig, env: &[(&str, &str)], nofile_soft: Option<u64>) -> Daemon {
         let mut d = Daemon {
             child: None,
             env: env
@@ -169,6 +177,7 @@ impl Daemon {
             starts: 0,
             config: cfg.path().to_owned(),
             port: cfg.port,
+            nofile_soft,
         };
         d.spawn();
         d
@@ -181,14 +190,34 @@ impl Daemon {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let child = Command::new(binary())
+        let mut command = Command::new(binary());
+        command
             .args(["--config", self.config.to_str().unwrap(), "run"])
             .env("RUST_LOG", "info")
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start leadgate");
+            .stderr(log);
+        if let Some(soft) = self.nofile_soft {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: getrlimit and setrlimit are async-signal-safe.
+            unsafe {
+                command.pre_exec(move || {
+                    let mut lim = libc::rlimit {
+                        rlim_cur: 0,
+                        rlim_max: 0,
+                    };
+                    if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    lim.rlim_cur = soft.min(lim.rlim_max);
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = command.spawn().expect("start leadgate");
         self.child = Some(child);
         self.wait_ready();
     }

@@ -8,6 +8,7 @@ pub mod db;
 pub mod disk;
 pub mod dovecot;
 pub mod pg;
+pub mod procfs;
 pub mod proxy;
 pub mod site;
 pub mod smtp;
