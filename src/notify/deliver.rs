@@ -1,6 +1,6 @@
 //! The delivery task: claims due outbox rows, renders and sends them, and
-//! records the outcome. Every instance runs it; the per-row claim
-//! (`Store::claim_notification`) makes one of them send each row. A failed
+//! records the outcome. Every instance runs it; the claim
+//! (`Store::claim_due_notifications`) makes one of them send each row. A failed
 //! send is retried with exponential backoff and jitter until the row is
 //! older than `notify.max_age`, then given up with an error in the log.
 
@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use super::config::{NotifySettings, Transport};
 use super::template::tidy;
 use super::transport::{EmailSender, SendError, TelegramSender};
-use crate::store::{OutboxRow, Store};
+use crate::store::{NoticeOutcome, OutboxRow, Store};
 
 /// The settings in force and the clients built from them.
 struct Current {
@@ -90,6 +90,7 @@ const IN_FLIGHT: usize = 64;
 /// peer (teloxide waits 10s after a 5xx) holds up only its own rows.
 pub async fn run(notifier: Arc<Notifier>, shutdown: CancellationToken) {
     let mut sending = JoinSet::new();
+    let mut finished = Vec::new();
     // Delivered rows are kept a while (explain shows them), then pruned;
     // the first pass runs at start.
     let mut next_prune = tokio::time::Instant::now();
@@ -106,11 +107,8 @@ pub async fn run(notifier: Arc<Notifier>, shutdown: CancellationToken) {
                 Err(e) => tracing::warn!(error = %e, "cannot prune old notifications"),
             }
         }
-        while let Some(done) = sending.try_join_next() {
-            if let Err(e) = done {
-                tracing::error!(error = %e, "a notification send task failed");
-            }
-        }
+        collect(&mut sending, &mut finished);
+        record(&notifier, &mut finished).await;
         let every = notifier.current().settings.poll_every;
         match round(&notifier, &mut sending).await {
             Ok(taken) if taken > 0 && sending.len() < IN_FLIGHT => continue,
@@ -120,31 +118,31 @@ pub async fn run(notifier: Arc<Notifier>, shutdown: CancellationToken) {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = tokio::time::sleep(every) => {}
+            Some(done) = sending.join_next(), if !sending.is_empty() => joined(done, &mut finished),
         }
     }
     // What is being sent finishes (and is recorded) before the process
     // ends; a row not recorded is sent again after its claim runs out.
     let _ = tokio::time::timeout(Duration::from_secs(5), async {
-        while sending.join_next().await.is_some() {}
+        while let Some(done) = sending.join_next().await {
+            joined(done, &mut finished);
+        }
     })
     .await;
+    record(&notifier, &mut finished).await;
 }
 
 /// Claim what is due (while slots are free) and start sending it. Returns
 /// how many rows it took.
 async fn round(
     notifier: &Arc<Notifier>,
-    sending: &mut JoinSet<()>,
+    sending: &mut JoinSet<NoticeOutcome>,
 ) -> Result<usize, crate::store::StoreError> {
     let free = IN_FLIGHT.saturating_sub(sending.len());
     if free == 0 {
         return Ok(0);
     }
     let now = Utc::now();
-    let due = notifier
-        .store
-        .due_notifications(now, i64::try_from(free).unwrap_or(1))
-        .await?;
     let current = notifier.current();
     let s = &current.settings;
     // Longer than any send may take, so a claim is never taken over while
@@ -164,23 +162,24 @@ async fn round(
             .saturating_mul(2)
             .saturating_add(Duration::from_secs(15)),
     );
-    let mut taken = 0;
-    for (id, _) in due {
-        let Some(row) = notifier.store.claim_notification(id, now, until).await? else {
-            continue;
-        };
-        taken += 1;
-        let (notifier, current) = (notifier.clone(), current.clone());
-        sending.spawn(async move { attempt(&notifier, &current, row).await });
+    let claimed = notifier
+        .store
+        .claim_due_notifications(now, until, i64::try_from(free).unwrap_or(1))
+        .await?;
+    let taken = claimed.len();
+    for row in claimed {
+        let current = current.clone();
+        sending.spawn(async move { attempt(&current, row).await });
     }
     Ok(taken)
 }
 
-async fn attempt(notifier: &Notifier, current: &Current, row: OutboxRow) {
+/// Send one claimed row; the outcome is recorded by the delivery loop,
+/// together with the others that finished meanwhile.
+async fn attempt(current: &Current, row: OutboxRow) -> NoticeOutcome {
     let result = send(current, &row).await;
     let now = Utc::now();
-    let store = &notifier.store;
-    let recorded = match result {
+    match result {
         Ok(()) => {
             tracing::info!(lead = row.lead_id, to = %row.recipient, transport = %row.transport,
                 event = %row.event, attempts = row.attempts, "notification sent");
@@ -189,7 +188,10 @@ async fn attempt(notifier: &Notifier, current: &Current, row: OutboxRow) {
                 &[("transport", &row.transport), ("outcome", "sent")],
                 1,
             );
-            store.notification_sent(row.id, now).await
+            NoticeOutcome::Sent {
+                id: row.id,
+                at: now,
+            }
         }
         Err(e) => {
             let age = (now - row.created_at).to_std().unwrap_or_default();
@@ -206,9 +208,11 @@ async fn attempt(notifier: &Notifier, current: &Current, row: OutboxRow) {
                 tracing::error!(lead = row.lead_id, to = %row.recipient, transport = %row.transport,
                     event = %row.event, attempts = row.attempts, error = %e.message,
                     "notification given up");
-                store
-                    .notification_failed(row.id, &e.message, None, now)
-                    .await
+                NoticeOutcome::GaveUp {
+                    id: row.id,
+                    error: e.message,
+                    at: now,
+                }
             } else {
                 let wait = e
                     .retry_after
@@ -216,17 +220,39 @@ async fn attempt(notifier: &Notifier, current: &Current, row: OutboxRow) {
                 tracing::warn!(lead = row.lead_id, to = %row.recipient, transport = %row.transport,
                     attempts = row.attempts, error = %e.message, retry_in_ms = wait.as_millis() as u64,
                     "notification not delivered; will retry");
-                let next = later(now, wait);
-                store
-                    .notification_failed(row.id, &e.message, Some(next), now)
-                    .await
+                NoticeOutcome::Retry {
+                    id: row.id,
+                    error: e.message,
+                    at: later(now, wait),
+                }
             }
         }
-    };
-    if let Err(e) = recorded {
-        // The claim runs out and the row is tried again: at worst the
-        // person gets the message twice, never not at all.
-        tracing::warn!(error = %e, id = row.id, "cannot record a notification's outcome");
+    }
+}
+
+/// Record what finished; kept for the next round when the store refuses
+/// (the rows' claims outlast a short outage). A row never recorded is
+/// sent again when its claim runs out: at worst the person gets the
+/// message twice, never not at all.
+async fn record(notifier: &Notifier, finished: &mut Vec<NoticeOutcome>) {
+    match notifier.store.record_notification_outcomes(finished).await {
+        Ok(()) => finished.clear(),
+        Err(e) => tracing::warn!(error = %e, rows = finished.len(),
+            "cannot record notifications' outcomes; retrying"),
+    }
+}
+
+/// Outcomes of the sends that have finished, without waiting.
+fn collect(sending: &mut JoinSet<NoticeOutcome>, finished: &mut Vec<NoticeOutcome>) {
+    while let Some(done) = sending.try_join_next() {
+        joined(done, finished);
+    }
+}
+
+fn joined(done: Result<NoticeOutcome, tokio::task::JoinError>, finished: &mut Vec<NoticeOutcome>) {
+    match done {
+        Ok(outcome) => finished.push(outcome),
+        Err(e) => tracing::error!(error = %e, "a notification send task failed"),
     }
 }
 

@@ -20,7 +20,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{PgPool, Row, SqlitePool};
 
 pub use lease::LeaseKeeper;
-pub use outbox::{LeadSummary, NoticeState, OutboxRow};
+pub use outbox::{LeadSummary, NoticeOutcome, NoticeState, OutboxRow};
 pub use timers::{DueTimer, LeadTimeline, sweep as sweep_timers};
 pub use writer::{WriterHandle, spawn as spawn_writer};
 

@@ -3,10 +3,10 @@
 //! Rows are written by the transactions that assign and escalate leads
 //! (`assign.rs`, `timers.rs`).
 //!
-//! A claim moves the row's `next_attempt_at` past the time a send may
-//! take, in one statement that only succeeds while the row is still due:
-//! of two instances (or two sweeps) racing for a row, one wins, and a row
-//! whose sender died becomes due again when its claim runs out.
+//! A claim moves the rows' `next_attempt_at` past the time a send may
+//! take, in one statement that only takes rows still due: of two
+//! instances (or two sweeps) racing for a row, one wins, and a row whose
+//! sender died becomes due again when its claim runs out.
 
 use chrono::{DateTime, Utc};
 use sqlx::Row;
@@ -45,133 +45,137 @@ pub struct LeadSummary {
 }
 
 impl Store {
-    /// Unsent rows due by `now`, oldest first.
-    pub async fn due_notifications(
+    /// Take up to `limit` rows due by `now` (oldest first) until `until`
+    /// and count their attempt, in one statement: a claim is one write
+    /// transaction per round, not per row, so the deliverer waits for
+    /// SQLite's write lock once while the writer is busy. A row another
+    /// sender claimed meanwhile fails the repeated due condition and is
+    /// left to it.
+    pub async fn claim_due_notifications(
         &self,
         now: DateTime<Utc>,
+        until: DateTime<Utc>,
         limit: i64,
-    ) -> Result<Vec<(i64, DateTime<Utc>)>, StoreError> {
+    ) -> Result<Vec<OutboxRow>, StoreError> {
+        const DUE: &str = "sent_at IS NULL AND failed_at IS NULL AND next_attempt_at <= $2";
         Ok(on_pool!(self, pool => {
-            let rows = sqlx::query(
-                "SELECT id, next_attempt_at FROM notifications \
-                 WHERE sent_at IS NULL AND failed_at IS NULL AND next_attempt_at <= $1 \
-                 ORDER BY next_attempt_at LIMIT $2",
-            )
+            let claimed: Vec<i64> = sqlx::query_scalar(&format!(
+                "UPDATE notifications SET next_attempt_at = $1, attempts = attempts + 1 \
+                 WHERE id IN (SELECT id FROM notifications WHERE {DUE} ORDER BY next_attempt_at LIMIT $3) \
+                 AND {DUE} RETURNING id"
+            ))
+            .bind(until)
             .bind(now)
             .bind(limit)
             .fetch_all(pool)
             .await?;
-            rows.iter()
-                .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
-                .collect::<sqlx::Result<Vec<_>>>()?
-        }))
-    }
-
-    /// Take row `id` until `until` and count the attempt; `None` when it is
-    /// no longer due (sent, given up, or claimed by another sender).
-    pub async fn claim_notification(
-        &self,
-        id: i64,
-        now: DateTime<Utc>,
-        until: DateTime<Utc>,
-    ) -> Result<Option<OutboxRow>, StoreError> {
-        Ok(on_pool!(self, pool => {
-            let claimed = sqlx::query(
-                "UPDATE notifications SET next_attempt_at = $2, attempts = attempts + 1 \
-                 WHERE id = $1 AND sent_at IS NULL AND failed_at IS NULL AND next_attempt_at <= $3",
-            )
-            .bind(id)
-            .bind(until)
-            .bind(now)
-            .execute(pool)
-            .await?;
-            if claimed.rows_affected() != 1 {
-                return Ok(None);
+            if claimed.is_empty() {
+                return Ok(Vec::new());
             }
-            let Some(r) = sqlx::query(
+            let list: Vec<String> = (1..=claimed.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
                 "SELECT n.id, n.lead_id, n.event, n.recipient, n.transport, n.address, n.note, n.created_at, \
                  n.attempts, l.id, l.channel_id, l.channel_kind, l.name, l.phone, l.email, l.messenger, \
                  l.subject, l.message, l.product, l.region, l.assignee_user \
-                 FROM notifications n LEFT JOIN leads l ON l.id = n.lead_id WHERE n.id = $1",
-            )
-            .bind(id)
-            .fetch_optional(pool)
-            .await?
-            else {
-                return Ok(None);
-            };
-            let lead = match r.try_get::<Option<i64>, _>(9)? {
-                None => None,
-                Some(_) => Some(LeadSummary {
-                    channel: r.try_get(10)?,
-                    kind: r.try_get(11)?,
-                    name: r.try_get(12)?,
-                    phone: r.try_get(13)?,
-                    email: r.try_get(14)?,
-                    messenger: r.try_get(15)?,
-                    subject: r.try_get(16)?,
-                    message: r.try_get(17)?,
-                    product: r.try_get(18)?,
-                    region: r.try_get(19)?,
-                    assignee: r.try_get(20)?,
-                }),
-            };
-            Some(OutboxRow {
-                id: r.try_get(0)?,
-                lead_id: r.try_get(1)?,
-                event: r.try_get(2)?,
-                recipient: r.try_get(3)?,
-                transport: r.try_get(4)?,
-                address: r.try_get(5)?,
-                note: r.try_get(6)?,
-                created_at: r.try_get(7)?,
-                attempts: r.try_get(8)?,
-                lead,
-            })
+                 FROM notifications n LEFT JOIN leads l ON l.id = n.lead_id WHERE n.id IN ({}) ORDER BY n.id",
+                list.join(", ")
+            );
+            let mut q = sqlx::query(&sql);
+            for id in &claimed {
+                q = q.bind(id);
+            }
+            let mut rows = Vec::with_capacity(claimed.len());
+            for r in q.fetch_all(pool).await? {
+                let lead = match r.try_get::<Option<i64>, _>(9)? {
+                    None => None,
+                    Some(_) => Some(LeadSummary {
+                        channel: r.try_get(10)?,
+                        kind: r.try_get(11)?,
+                        name: r.try_get(12)?,
+                        phone: r.try_get(13)?,
+                        email: r.try_get(14)?,
+                        messenger: r.try_get(15)?,
+                        subject: r.try_get(16)?,
+                        message: r.try_get(17)?,
+                        product: r.try_get(18)?,
+                        region: r.try_get(19)?,
+                        assignee: r.try_get(20)?,
+                    }),
+                };
+                rows.push(OutboxRow {
+                    id: r.try_get(0)?,
+                    lead_id: r.try_get(1)?,
+                    event: r.try_get(2)?,
+                    recipient: r.try_get(3)?,
+                    transport: r.try_get(4)?,
+                    address: r.try_get(5)?,
+                    note: r.try_get(6)?,
+                    created_at: r.try_get(7)?,
+                    attempts: r.try_get(8)?,
+                    lead,
+                });
+            }
+            rows
         }))
     }
 
-    pub async fn notification_sent(&self, id: i64, now: DateTime<Utc>) -> Result<(), StoreError> {
-        on_pool!(self, pool => {
-            sqlx::query("UPDATE notifications SET sent_at = $2, last_error = NULL WHERE id = $1")
-                .bind(id)
-                .bind(now)
-                .execute(pool)
-                .await?;
-        });
-        Ok(())
-    }
-
-    /// A failed attempt: try again at `next`, or, with `next` None, give up.
-    pub async fn notification_failed(
+    /// Record the outcomes of finished sends, all in one transaction: 64
+    /// senders each committing its own row waited for SQLite's write lock
+    /// in the busy handler's sleeps, and delivery ran at ~60 rows/s.
+    pub async fn record_notification_outcomes(
         &self,
-        id: i64,
-        error: &str,
-        next: Option<DateTime<Utc>>,
-        now: DateTime<Utc>,
+        outcomes: &[NoticeOutcome],
     ) -> Result<(), StoreError> {
+        if outcomes.is_empty() {
+            return Ok(());
+        }
         on_pool!(self, pool => {
-            match next {
-                Some(next) => sqlx::query(
-                    "UPDATE notifications SET last_error = $2, next_attempt_at = $3 WHERE id = $1",
-                )
-                .bind(id)
-                .bind(error)
-                .bind(next)
-                .execute(pool)
-                .await?,
-                None => sqlx::query(
-                    "UPDATE notifications SET last_error = $2, failed_at = $3 WHERE id = $1",
-                )
-                .bind(id)
-                .bind(error)
-                .bind(now)
-                .execute(pool)
-                .await?,
-            };
+            let mut tx = pool.begin().await?;
+            for outcome in outcomes {
+                let q = match outcome {
+                    NoticeOutcome::Sent { id, at } => sqlx::query(
+                        "UPDATE notifications SET sent_at = $2, last_error = NULL WHERE id = $1",
+                    )
+                    .bind(id)
+                    .bind(at),
+                    NoticeOutcome::Retry { id, error, at } => sqlx::query(
+                        "UPDATE notifications SET last_error = $2, next_attempt_at = $3 WHERE id = $1",
+                    )
+                    .bind(id)
+                    .bind(error.as_str())
+                    .bind(at),
+                    NoticeOutcome::GaveUp { id, error, at } => sqlx::query(
+                        "UPDATE notifications SET last_error = $2, failed_at = $3 WHERE id = $1",
+                    )
+                    .bind(id)
+                    .bind(error.as_str())
+                    .bind(at),
+                };
+                q.execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
         });
         Ok(())
     }
+}
+
+/// How one send of an outbox row ended.
+#[derive(Debug, Clone)]
+pub enum NoticeOutcome {
+    /// Delivered at `at`.
+    Sent { id: i64, at: DateTime<Utc> },
+    /// Failed; due again at `at`.
+    Retry {
+        id: i64,
+        error: String,
+        at: DateTime<Utc>,
+    },
+    /// Failed for good (a permanent error or too old) at `at`.
+    GaveUp {
+        id: i64,
+        error: String,
+        at: DateTime<Utc>,
+    },
 }
 
 /// A lead's notification as `leadgate explain` shows it.
