@@ -634,6 +634,32 @@ async fn drain(
     }
 }
 
+/// What every drill ends with: no Telegram update confirmed before it
+/// was stored, every acknowledged item stored exactly once (nothing
+/// twice, no lead twice), the backlog drained, and `leadgate audit` clean.
+/// Returns a line per channel.
+async fn assert_promise_kept(
+    ctx: &str,
+    db: &Db,
+    peers: &Peers,
+    (ledger, mails, updates): (&Ledger, u64, (u64, u64)),
+    drain_result: Result<(), String>,
+    cfg: &std::path::Path,
+) -> Vec<String> {
+    assert_eq!(
+        peers.tg_poll.violations(),
+        Vec::<String>::new(),
+        "{ctx}: Telegram updates confirmed before they were stored"
+    );
+    let expected = expected(ledger, mails, updates);
+    let lines = check_exactly_once(db, &expected)
+        .await
+        .unwrap_or_else(|e| panic!("{ctx}:\n{e}\n{drain_result:?}"));
+    drain_result.unwrap_or_else(|e| panic!("{ctx}: {e}"));
+    audit(cfg).unwrap_or_else(|e| panic!("{ctx}: final {e}"));
+    lines
+}
+
 fn expected(
     ledger: &Ledger,
     mails: u64,
@@ -761,17 +787,15 @@ async fn sigkill_drill(db_url: Option<String>, peers: Peers) {
         "{ctx}: answers a restart does not explain:\n{}",
         ledger.unexpected.join("\n")
     );
-    assert_eq!(
-        peers.tg_poll.violations(),
-        Vec::<String>::new(),
-        "{ctx}: Telegram updates confirmed before they were stored"
-    );
-    let expected = expected(&ledger, mails, updates);
-    let lines = check_exactly_once(&db, &expected)
-        .await
-        .unwrap_or_else(|e| panic!("{ctx}:\n{e}\n{drain_result:?}"));
-    drain_result.unwrap_or_else(|e| panic!("{ctx}: {e}"));
-    audit(cfg.path()).unwrap_or_else(|e| panic!("{ctx}: final {e}"));
+    let lines = assert_promise_kept(
+        &ctx,
+        &db,
+        &peers,
+        (&ledger, mails, updates),
+        drain_result,
+        cfg.path(),
+    )
+    .await;
     let max_restart = restarts.iter().max().copied().unwrap_or_default();
     eprintln!(
         "DRILL sigkill {ctx}: last incarnation's peak memory {:.1} MiB; answer times {}\n  {} acknowledged by HTTP + {mails} mails + {} Telegram + {} VK updates; \
@@ -956,17 +980,15 @@ async fn outage_drill(cuts: &[Cut]) {
         Some(200),
         "{ctx}: /readyz is green at the end"
     );
-    assert_eq!(
-        peers.tg_poll.violations(),
-        Vec::<String>::new(),
-        "{ctx}: Telegram updates confirmed before they were stored"
-    );
-    let expected = expected(&ledger, mails, updates);
-    let lines = check_exactly_once(&db, &expected)
-        .await
-        .unwrap_or_else(|e| panic!("{ctx}:\n{e}\n{drain_result:?}"));
-    drain_result.unwrap_or_else(|e| panic!("{ctx}: {e}"));
-    audit(cfg.path()).unwrap_or_else(|e| panic!("{ctx}: final {e}"));
+    let lines = assert_promise_kept(
+        &ctx,
+        &db,
+        &peers,
+        (&ledger, mails, updates),
+        drain_result,
+        cfg.path(),
+    )
+    .await;
     eprintln!(
         "DRILL outage {ctx}: daemon peak memory {:.1} MiB; answer times {}\n  {} acknowledged by HTTP + {mails} mails + {} Telegram + {} VK updates, \
          {} answers 503 (slowest {:?}), {} transport errors; /readyz red {red} of {} checks; \
@@ -1929,17 +1951,15 @@ async fn sqlite_disk_full_refuses_with_503_and_recovers_without_loss() {
         !daemon.log_text().contains("panicked"),
         "{ctx}: the daemon panicked"
     );
-    assert_eq!(
-        peers.tg_poll.violations(),
-        Vec::<String>::new(),
-        "{ctx}: Telegram updates confirmed before they were stored"
-    );
-    let expected = expected(&ledger, mails, updates);
-    let lines = check_exactly_once(&db, &expected)
-        .await
-        .unwrap_or_else(|e| panic!("{ctx}:\n{e}\n{drain_result:?}"));
-    drain_result.unwrap_or_else(|e| panic!("{ctx}: {e}"));
-    audit(cfg.path()).unwrap_or_else(|e| panic!("{ctx}: final {e}"));
+    let lines = assert_promise_kept(
+        &ctx,
+        &db,
+        &peers,
+        (&ledger, mails, updates),
+        drain_result,
+        cfg.path(),
+    )
+    .await;
     eprintln!(
         "DRILL sqlite disk full {ctx}: daemon peak memory {:.1} MiB; answer times {}\n  {} acknowledged by HTTP + {mails} mails + {} Telegram + {} VK updates, \
          {} answers 503 in all, {} transport errors; every item stored once, audit clean, the same daemon process throughout\n  {report}\n  {}",
@@ -2169,17 +2189,15 @@ async fn sqlite_read_only_filesystem_refuses_with_503_and_recovers() {
         !daemon.log_text().contains("panicked"),
         "{ctx}: the daemon panicked"
     );
-    let expected = expected(&ledger, mails, updates);
-    let lines = check_exactly_once(&db, &expected)
-        .await
-        .unwrap_or_else(|e| panic!("{ctx}:\n{e}\n{drain_result:?}"));
-    drain_result.unwrap_or_else(|e| panic!("{ctx}: {e}"));
-    audit(cfg.path()).unwrap_or_else(|e| panic!("{ctx}: final {e}"));
-    assert_eq!(
-        peers.tg_poll.violations(),
-        Vec::<String>::new(),
-        "{ctx}: Telegram updates confirmed before they were stored"
-    );
+    let lines = assert_promise_kept(
+        &ctx,
+        &db,
+        &peers,
+        (&ledger, mails, updates),
+        drain_result,
+        cfg.path(),
+    )
+    .await;
     eprintln!(
         "DRILL sqlite read-only {ctx}: daemon peak memory {:.1} MiB; answer times {}\n  {} acknowledged by HTTP + {mails} mails + {} Telegram + {} VK updates, \
          {} answers 503 in all, {} transport errors; every item stored once, audit clean\n  {report}\n  {}",
