@@ -21,10 +21,14 @@ use leadgate_fuzz_targets::{Verdict, flipped_signature_is_refused};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestError, TestRunner};
 
-/// One case running this long is a hang, not a slow parse.
-// A debug build under CI load once took over 10 s on a 1 MiB mail (saved
-// for investigation as a possible slow path); release keeps the tight bound.
+/// One case using this much CPU is a hang, not a slow parse.
+// A debug build once took over 10 s on a 1 MiB mail (a quadratic pass, since
+// fixed); release keeps the tight bound.
 const HANG: Duration = Duration::from_secs(if cfg!(debug_assertions) { 60 } else { 10 });
+
+/// A case that has not finished after this much wall-clock time is stuck
+/// without using CPU (the parsers never wait on anything).
+const STUCK: Duration = Duration::from_secs(600);
 
 /// How often a long run reports its progress.
 const PROGRESS_EVERY: Duration = Duration::from_secs(60);
@@ -39,32 +43,78 @@ fn cases(ci_default: u32) -> u32 {
     }
 }
 
-/// Aborts the process, naming the input, when one case runs past [`HANG`]:
-/// a hung parser cannot be interrupted, and a test that never ends fails
-/// nothing.
-struct Watchdog {
-    running: Arc<Mutex<Option<Case>>>,
+/// The CPU clock of one thread, readable from any thread of the process.
+#[derive(Clone, Copy)]
+struct CpuClock(libc::clockid_t);
+
+impl CpuClock {
+    fn of_current_thread() -> CpuClock {
+        let mut id: libc::clockid_t = 0;
+        // SAFETY: pthread_self is the calling thread; the call only writes `id`.
+        let rc = unsafe { libc::pthread_getcpuclockid(libc::pthread_self(), &mut id) };
+        assert_eq!(rc, 0, "pthread_getcpuclockid");
+        CpuClock(id)
+    }
+
+    fn now(self) -> Duration {
+        let mut t = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: the call only writes `t`; the clock belongs to a thread
+        // that outlives the watchdog's use of it (see `Watchdog::start`).
+        unsafe { libc::clock_gettime(self.0, &mut t) };
+        Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+    }
 }
 
-/// The case under test: when it started and its input.
-type Case = (Instant, Arc<[u8]>);
+/// The case under test: when it started (wall clock and its thread's CPU
+/// clock) and its input.
+struct Case {
+    wall: Instant,
+    cpu: Duration,
+    input: Arc<[u8]>,
+}
+
+/// Aborts the process, naming the input, when one case has used [`HANG`]
+/// of CPU (or run [`STUCK`]): a hung parser cannot be interrupted, and a
+/// test that never ends fails nothing. CPU time, not wall-clock time, so a
+/// long run on a loaded machine, at low priority or paused (SIGSTOP), is
+/// not mistaken for a hang.
+///
+/// A stack overflow aborts the process before anything can be saved; when
+/// `keep_running_input` is set, each input is written to a file before it
+/// runs, so the one that overflowed is there afterwards (for slow targets,
+/// where the write costs nothing that matters).
+struct Watchdog {
+    target: &'static str,
+    running: Arc<Mutex<Option<Case>>>,
+    clock: CpuClock,
+    keep_running_input: bool,
+}
 
 impl Watchdog {
+    /// Watches cases run on the calling thread, until it is dropped.
     fn start(target: &'static str) -> Watchdog {
         let running: Arc<Mutex<Option<Case>>> = Arc::default();
+        let clock = CpuClock::of_current_thread();
         let watched = Arc::downgrade(&running);
         std::thread::spawn(move || {
+            // The watched thread holds `running`; once it is gone, so is
+            // the upgrade, before its clock could be read.
             while let Some(running) = watched.upgrade() {
                 let hung = running
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .as_ref()
-                    .filter(|(since, _)| since.elapsed() > HANG)
-                    .map(|(_, input)| input.clone());
+                    .filter(|c| {
+                        clock.now().saturating_sub(c.cpu) > HANG || c.wall.elapsed() > STUCK
+                    })
+                    .map(|c| c.input.clone());
                 if let Some(input) = hung {
                     let path = save_failure(target, "hang", &input);
                     eprintln!(
-                        "{target}: one case ran for more than {HANG:?}; input saved to {}",
+                        "{target}: one case used more than {HANG:?} of CPU or ran {STUCK:?}; input saved to {}",
                         path.display()
                     );
                     std::process::abort();
@@ -73,23 +123,59 @@ impl Watchdog {
                 std::thread::sleep(Duration::from_millis(250));
             }
         });
-        Watchdog { running }
+        Watchdog {
+            target,
+            running,
+            clock,
+            keep_running_input: false,
+        }
+    }
+
+    fn keeping_running_input(mut self, keep: bool) -> Watchdog {
+        self.keep_running_input = keep;
+        self
+    }
+
+    fn running_input_path(&self) -> PathBuf {
+        failures_dir().join(format!(
+            "{}-running-{}.bin",
+            self.target,
+            std::process::id()
+        ))
     }
 
     fn guard<T>(&self, input: Arc<[u8]>, run: impl FnOnce(&[u8]) -> T) -> T {
-        *self.running.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some((Instant::now(), input.clone()));
+        if self.keep_running_input {
+            let _ = std::fs::write(self.running_input_path(), &input);
+        }
+        *self.running.lock().unwrap_or_else(|e| e.into_inner()) = Some(Case {
+            wall: Instant::now(),
+            cpu: self.clock.now(),
+            input: input.clone(),
+        });
         let out = run(&input);
         *self.running.lock().unwrap_or_else(|e| e.into_inner()) = None;
         out
     }
 }
 
-/// Keeps a failing input where a regression test can be made from it.
-fn save_failure(target: &str, what: &str, input: &[u8]) -> PathBuf {
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        if self.keep_running_input {
+            let _ = std::fs::remove_file(self.running_input_path());
+        }
+    }
+}
+
+fn failures_dir() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("prop-failures");
     let _ = std::fs::create_dir_all(&dir);
-    let path = dir.join(format!("{target}-{what}-{}.bin", std::process::id()));
+    dir
+}
+
+/// Keeps a failing input where a regression test can be made from it.
+fn save_failure(target: &str, what: &str, input: &[u8]) -> PathBuf {
+    let path = failures_dir().join(format!("{target}-{what}-{}.bin", std::process::id()));
     let _ = std::fs::write(&path, input);
     path
 }
@@ -127,8 +213,10 @@ fn check_target(
     ci_cases: u32,
     accepted_one_in: u64,
 ) {
+    // Slow targets keep each input on disk while it runs (see Watchdog).
+    let keep_running_input = target == "config";
     let seeds: Vec<Seed> = corpus::seeds(target);
-    let watchdog = Watchdog::start(target);
+    let watchdog = Watchdog::start(target).keeping_running_input(keep_running_input);
     for seed in &seeds {
         let input: Arc<[u8]> = seed.data.as_slice().into();
         watchdog.guard(input, run);
@@ -292,7 +380,8 @@ fn a_team_file_with_a_hundred_thousand_mistakes_loads_promptly() {
 }
 
 /// Deeply nested TOML (arrays, inline tables, dotted keys) is refused on a
-/// 2 MiB stack, the size of the runtime thread a SIGHUP reload loads on.
+/// 2 MiB stack, a quarter of the main thread's, where `check`, `run` and a
+/// SIGHUP reload load it.
 /// The long run of the config target hit one stack overflow whose input
 /// the abort did not let the harness save (docs/reliability.md); these
 /// shapes are the likely ones, and do not cause it.
@@ -305,22 +394,25 @@ fn deeply_nested_toml_is_refused_without_overflowing_the_stack() {
         |depth| format!("x = {}1{}\n", "{a = ".repeat(depth), "}".repeat(depth)),
         |depth| format!("{}a = 1\n", "a.".repeat(depth)),
     ];
-    for (shape, depth) in shapes
-        .iter()
-        .flat_map(|s| [1_000, 10_000, 100_000].map(|d| (s, d)))
-    {
+    // Each file of the folder: the main file goes through the `config`
+    // crate, the others through `toml` directly.
+    for (file, shape, depth) in (0..4).flat_map(|file| {
+        shapes
+            .iter()
+            .flat_map(move |s| [1_000, 10_000, 100_000].map(|d| (file, s, d)))
+    }) {
         let mut files = leadgate_fuzz_targets::input::split_config_folder(&seed.data);
-        let nested = format!("kind = \"form\"\n{}", shape(depth));
-        files[1] = Some(nested.as_bytes());
+        let prefix = if file == 1 { "kind = \"form\"\n" } else { "" };
+        let nested = format!("{prefix}{}", shape(depth));
+        files[file] = Some(nested.as_bytes());
         let input: Arc<[u8]> = leadgate_fuzz_targets::input::config_folder(&files).into();
-        // The size of a tokio worker's stack, where a reload runs.
         let verdict = std::thread::Builder::new()
             .stack_size(2 << 20)
             .spawn(move || leadgate_fuzz_targets::config(&input))
             .unwrap()
             .join()
             .unwrap();
-        assert_eq!(verdict, Verdict::Refused, "depth {depth}");
+        assert_eq!(verdict, Verdict::Refused, "file {file}, depth {depth}");
     }
 }
 
