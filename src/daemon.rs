@@ -96,15 +96,7 @@ pub async fn run(config_dir: &Path, config: Config) -> anyhow::Result<()> {
     let url =
         config::database_url(&config.main.database, &config.dir).map_err(anyhow::Error::msg)?;
     let (writer, writer_task) = store::spawn_writer(store.clone(), config.main.pipeline.max_batch);
-    let writer_alive = Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let writer_task = {
-        let alive = writer_alive.clone();
-        tokio::spawn(async move {
-            let result = writer_task.await;
-            alive.store(false, std::sync::atomic::Ordering::Relaxed);
-            result
-        })
-    };
+    let writer_health = writer.health();
     let pipeline = Arc::new(Pipeline::new(
         PipelineSettings::from_config(&config),
         writer,
@@ -125,6 +117,7 @@ pub async fn run(config_dir: &Path, config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", config.main.http.listen))?;
     let app = crate::server::app(
         store.clone(),
+        writer_health.clone(),
         vec![
             leadgate_forms::router(forms.clone()),
             leadgate_telephony::router(telephony.clone()),
@@ -166,14 +159,16 @@ pub async fn run(config_dir: &Path, config: Config) -> anyhow::Result<()> {
         store.backend()
     ));
     if let Some(period) = notifier.watchdog_period() {
-        // Alive means: the HTTP server and the writer are both still running.
-        let (notifier, shutdown, writer_alive) =
-            (notifier.clone(), shutdown.clone(), writer_alive.clone());
+        // Alive means the writer still turns: it commits, or it idles and
+        // says so every second. A writer stuck for the whole watchdog
+        // interval gets the daemon restarted.
+        let (notifier, shutdown, writer) =
+            (notifier.clone(), shutdown.clone(), writer_health.clone());
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(period);
             while !shutdown.is_cancelled() {
                 tick.tick().await;
-                if writer_alive.load(std::sync::atomic::Ordering::Relaxed) {
+                if writer.alive_within(period * 2) {
                     notifier.notify("WATCHDOG=1");
                 }
             }

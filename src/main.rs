@@ -191,7 +191,18 @@ async fn probe_daemon(listen: std::net::SocketAddr) -> String {
         Ok(Ok(reply)) if reply.starts_with("HTTP/1.0 200") || reply.starts_with("HTTP/1.1 200") => {
             format!("running on {listen}, ready")
         }
-        Ok(Ok(_)) => format!("running on {listen}, NOT ready (store unavailable)"),
+        Ok(Ok(reply)) => {
+            // The body says why: the store is unreachable, or commits fail.
+            let why = reply
+                .split_once("\r\n\r\n")
+                .map_or("", |(_, body)| body.trim());
+            let why = if why.is_empty() {
+                "store unavailable"
+            } else {
+                why
+            };
+            format!("running on {listen}, NOT ready ({why})")
+        }
         _ => format!("not answering on {listen}"),
     }
 }

@@ -1,5 +1,6 @@
 //! The HTTP listener: every push connector's routes, plus `/healthz` (the
-//! process is alive) and `/readyz` (it can commit right now).
+//! process is alive) and `/readyz` (it can commit right now: the database
+//! answers and the writer's commits are not failing).
 
 use std::time::Duration;
 
@@ -10,19 +11,24 @@ use axum::routing::get;
 use hyper::body::Incoming;
 use tokio_util::sync::CancellationToken;
 
-use crate::store::Store;
+use crate::store::{Store, WriterHealth};
 
 #[derive(Clone)]
 struct Health {
     store: Store,
+    writer: std::sync::Arc<WriterHealth>,
 }
 
-pub fn app(store: Store, connector_routes: Vec<Router>) -> Router {
+pub fn app(
+    store: Store,
+    writer: std::sync::Arc<WriterHealth>,
+    connector_routes: Vec<Router>,
+) -> Router {
     let mut app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
-        .with_state(Health { store });
+        .with_state(Health { store, writer });
     for routes in connector_routes {
         app = app.merge(routes);
     }
@@ -64,11 +70,19 @@ async fn count_responses(
     response
 }
 
-async fn ready(State(h): State<Health>) -> (StatusCode, &'static str) {
+async fn ready(State(h): State<Health>) -> (StatusCode, String) {
+    // A database that answers can still refuse writes (a full disk, a
+    // filesystem turned read-only): the writer's last word counts first.
+    if let Some(why) = h.writer.refusing() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("refusing writes: {why}"),
+        );
+    }
     // `ping` bounds itself (2 s), so an unreachable database answers 503.
     match h.store.ping().await {
-        true => (StatusCode::OK, "ready"),
-        false => (StatusCode::SERVICE_UNAVAILABLE, "store unavailable"),
+        true => (StatusCode::OK, "ready".into()),
+        false => (StatusCode::SERVICE_UNAVAILABLE, "store unavailable".into()),
     }
 }
 

@@ -1817,6 +1817,25 @@ fn readiness_between(seen: &[(Duration, u16)], from: Duration, to: Duration) -> 
     (green, window.count() - green)
 }
 
+/// The last `/readyz` answer seen by `at` (since the watch began).
+fn last_reading(seen: &[(Duration, u16)], at: Duration) -> Option<u16> {
+    seen.iter()
+        .take_while(|(t, _)| *t <= at)
+        .last()
+        .map(|(_, s)| *s)
+}
+
+/// A store refusing every commit for `fault` is logged at its first failure
+/// and then once per 10 s, not once per failed commit (a full disk fails
+/// hundreds a second).
+fn assert_logged_sparingly(ctx: &str, failures: usize, fault: Duration, report: &str) {
+    let bound = 2 + fault.as_secs() as usize / 10;
+    assert!(
+        failures <= bound,
+        "{ctx}: {failures} failed commits logged in a {fault:?} fault (bound {bound})\n{report}"
+    );
+}
+
 /// `leadgate status` (or another command): exit code and output, for the
 /// report.
 fn command(cfg: &std::path::Path, args: &[&str]) -> String {
@@ -1930,12 +1949,22 @@ async fn sqlite_disk_full_refuses_with_503_and_recovers_without_loss() {
         why.contains("leads.db") && why.contains("is full") && why.contains("free space"),
         "{ctx}: the log does not say the database's disk is full: {why:?}\n{report}"
     );
-    // `/readyz` is a `SELECT 1`, which a full disk does not stop: it stays
-    // green while every write is refused (docs/reliability.md, Findings).
-    // Asserted so that a change of that is noticed and documented.
-    assert_eq!(
-        red_full, 0,
-        "{ctx}: /readyz was not green on a full disk, as docs/reliability.md says it is\n{report}"
+    // Refusing writes, the daemon is not ready, though the database still
+    // answers a `SELECT 1`: `/readyz` turns red with the first failed
+    // commit (one that still fits may turn it green for a moment) and is
+    // red when the disk is freed; `status` says why.
+    assert!(
+        red_full > 0 && last_reading(&seen, freed - watch_started) != Some(200),
+        "{ctx}: /readyz was not red on a full disk\n{report}"
+    );
+    assert!(
+        status_when_full.contains("NOT ready") && status_when_full.contains("is full"),
+        "{ctx}: `leadgate status` does not say the daemon refuses writes on a full disk\n{report}"
+    );
+    assert_logged_sparingly(&ctx, failures, fault, &report);
+    assert!(
+        daemon.log_text().contains("commits succeed again"),
+        "{ctx}: the recovery is not logged\n{report}"
     );
     assert_eq!(
         seen.last().map(|(_, s)| *s),
@@ -2170,12 +2199,19 @@ async fn sqlite_read_only_filesystem_refuses_with_503_and_recovers() {
         acked_on_ro, 0,
         "{ctx}: acknowledged on a read-only filesystem\n{report}"
     );
-    // As on a full disk, `/readyz` (a `SELECT 1`) stays green on a
-    // read-only filesystem (docs/reliability.md, Findings).
+    // As on a full disk, `/readyz` is red while commits fail, and so is a
+    // daemon started again on the read-only filesystem.
     assert!(
-        red_ro == 0 && ready_when_ro == 200,
-        "{ctx}: /readyz was not green on a read-only filesystem, as docs/reliability.md says it is\n{report}"
+        red_ro > 0
+            && last_reading(&seen, refusing_until - watch_started) != Some(200)
+            && ready_when_ro == 503,
+        "{ctx}: /readyz was not red on a read-only filesystem\n{report}"
     );
+    assert!(
+        status_when_ro.contains("NOT ready") && status_when_ro.contains("read-only"),
+        "{ctx}: `leadgate status` does not say the daemon refuses writes on a read-only filesystem\n{report}"
+    );
+    assert_logged_sparingly(&ctx, failures, fault, &report);
     assert_eq!(
         seen.last().map(|(_, s)| *s),
         Some(200),

@@ -3,6 +3,7 @@
 
 mod assign;
 mod batch;
+mod health;
 mod lease;
 mod outbox;
 mod timers;
@@ -19,6 +20,7 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{PgPool, Row, SqlitePool};
 
+pub use health::{REFUSING_FOR, WriterHealth};
 pub use lease::LeaseKeeper;
 pub use outbox::{LeadSummary, NoticeOutcome, NoticeState, OutboxRow};
 pub use timers::{DueTimer, LeadTimeline, sweep as sweep_timers};

@@ -11,9 +11,13 @@ use leadgate_connector::{
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
 use super::Store;
 use super::assign::Assignment;
 use super::batch::{Applied, TxState, apply_all};
+use super::health::{IDLE_TURN, WriterHealth};
 use super::tx::{NewInbound, NewLead, StoredCall, Tx};
 use crate::calls::CallRecord;
 use crate::pipeline::Prepared;
@@ -29,9 +33,14 @@ struct WriteRequest {
 #[derive(Clone)]
 pub struct WriterHandle {
     tx: mpsc::Sender<WriteRequest>,
+    health: Arc<WriterHealth>,
 }
 
 impl WriterHandle {
+    pub fn health(&self) -> Arc<WriterHealth> {
+        self.health.clone()
+    }
+
     pub async fn write(
         &self,
         channel: Option<ChannelId>,
@@ -56,6 +65,8 @@ impl WriterHandle {
 /// queue is drained, so in-flight work is committed on shutdown.
 pub fn spawn(store: Store, max_batch: usize) -> (WriterHandle, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(max_batch.max(64) * 4);
+    let health = Arc::new(WriterHealth::default());
+    let recorder = health.clone();
     // The writer gets a thread of its own: on the shared runtime each of a
     // commit's dozen round trips to the database waited behind the request
     // handlers in the run queue, which made the one serial part of the
@@ -68,11 +79,12 @@ pub fn spawn(store: Store, max_batch: usize) -> (WriterHandle, tokio::task::Join
                 .enable_all()
                 .build()
             {
-                Ok(runtime) => runtime.block_on(run(store, rx, max_batch.max(1))),
+                Ok(runtime) => runtime.block_on(run(store, rx, max_batch.max(1), &recorder)),
                 // Dropping `rx` makes every write fail with ShuttingDown, so
                 // the daemon stops instead of accepting what it cannot store.
                 Err(e) => tracing::error!(error = %e, "cannot start the writer's runtime"),
             }
+            recorder.stopped();
             drop(stopped);
         });
     if let Err(e) = thread {
@@ -81,11 +93,25 @@ pub fn spawn(store: Store, max_batch: usize) -> (WriterHandle, tokio::task::Join
     let task = tokio::spawn(async move {
         let _ = on_stop.await;
     });
-    (WriterHandle { tx }, task)
+    (WriterHandle { tx, health }, task)
 }
 
-async fn run(store: Store, mut rx: mpsc::Receiver<WriteRequest>, max_batch: usize) {
-    while let Some(first) = rx.recv().await {
+async fn run(
+    store: Store,
+    mut rx: mpsc::Receiver<WriteRequest>,
+    max_batch: usize,
+    health: &WriterHealth,
+) {
+    let mut log = FailureLog::default();
+    loop {
+        let first = match tokio::time::timeout(IDLE_TURN, rx.recv()).await {
+            Ok(Some(first)) => first,
+            Ok(None) => break,
+            Err(_idle) => {
+                health.turned();
+                continue;
+            }
+        };
         let mut items = first.items.len();
         let mut batch = vec![first];
         while items < max_batch {
@@ -97,17 +123,69 @@ async fn run(store: Store, mut rx: mpsc::Receiver<WriteRequest>, max_batch: usiz
                 Err(_) => break,
             }
         }
-        commit(&store, batch).await;
+        commit(&store, batch, health, &mut log).await;
     }
     tracing::debug!("writer drained and stopped");
 }
 
-async fn commit(store: &Store, batch: Vec<WriteRequest>) {
+/// Logs failed commits without flooding: the first of a run of failures at
+/// once, then one line per [`FailureLog::EVERY`] saying how many failed
+/// meanwhile (a full disk fails every commit, hundreds a second), and the
+/// recovery.
+#[derive(Default)]
+struct FailureLog {
+    last_logged: Option<Instant>,
+    unlogged: u64,
+    failing: bool,
+}
+
+impl FailureLog {
+    const EVERY: Duration = Duration::from_secs(10);
+
+    fn failed(&mut self, why: &str, requests: usize) {
+        self.failing = true;
+        if self
+            .last_logged
+            .is_some_and(|at| at.elapsed() < Self::EVERY)
+        {
+            self.unlogged += 1;
+            return;
+        }
+        tracing::error!(
+            error = %why,
+            requests,
+            failed_since_last_report = self.unlogged,
+            "commit failed; nothing acknowledged"
+        );
+        self.last_logged = Some(Instant::now());
+        self.unlogged = 0;
+    }
+
+    fn committed(&mut self) {
+        if std::mem::take(&mut self.failing) {
+            tracing::info!(
+                failed_since_last_report = self.unlogged,
+                "commits succeed again"
+            );
+            self.last_logged = None;
+            self.unlogged = 0;
+        }
+    }
+}
+
+async fn commit(
+    store: &Store,
+    batch: Vec<WriteRequest>,
+    health: &WriterHealth,
+    log: &mut FailureLog,
+) {
     let started = std::time::Instant::now();
     match write_all(store, &batch).await {
         Ok(receipts) => {
             let items = batch.iter().map(|r| r.items.len()).sum();
             crate::metrics::commit(items, started.elapsed().as_secs_f64(), true);
+            health.committed();
+            log.committed();
             for (req, r) in batch.into_iter().zip(receipts) {
                 count(&req, &r);
                 let _ = req.reply.send(Ok(r));
@@ -124,18 +202,30 @@ async fn commit(store: &Store, batch: Vec<WriteRequest>) {
                     started.elapsed().as_secs_f64(),
                     result.is_ok(),
                 );
+                match &result {
+                    Ok(receipts) => {
+                        count(&req, &receipts[0]);
+                        health.committed();
+                        log.committed();
+                    }
+                    // The store itself failing, not this one request.
+                    Err(e) if is_unavailable(e) => {
+                        let why = describe(store, e);
+                        health.failed(&why);
+                        log.failed(&why, 1);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "one request failed; not acknowledged"),
+                }
                 let result = result
                     .map(|mut r| r.remove(0))
                     .map_err(|e| unavailable(store, &e));
-                if let Ok(receipts) = &result {
-                    count(&req, receipts);
-                }
                 let _ = req.reply.send(result);
             }
         }
         Err(e) => {
             let why = describe(store, &e);
-            tracing::error!(error = %why, requests = batch.len(), "commit failed; nothing acknowledged");
+            health.failed(&why);
+            log.failed(&why, batch.len());
             crate::metrics::commit(0, started.elapsed().as_secs_f64(), false);
             let err = SinkError::Unavailable(why);
             for req in batch {
