@@ -31,6 +31,43 @@ pub const ROUTING_FILE: &str = "routing.toml";
 /// pasted list gone wrong) would otherwise keep `check` busy for minutes.
 const MAX_LISTED_PROBLEMS: usize = 100;
 
+/// Brackets (`[`, `{`) open at once beyond which a file is refused before
+/// the TOML parser sees it. A configuration nests a few levels. The parser
+/// (toml_parser 1.1.5, the newest) recurses once per level, and its own
+/// limit of 80 is defeated by malformed input whose error recovery closes
+/// tables it never counted as opened (`x = {a{{}a{{}…`): tens of thousands
+/// of levels overflowed even the main thread's 8 MiB stack, so `check`
+/// aborted and a SIGHUP reload would have killed the daemon.
+const MAX_NESTING: usize = 64;
+
+/// Where the bracket that opens level [`MAX_NESTING`] + 1 starts, if any.
+/// Counted on the TOML lexer's tokens (brackets in strings and comments do
+/// not count). A closing bracket closes only an open one of its own kind on
+/// top, so on malformed input this counts at least as deep as the parser
+/// recurses, and on valid input exactly as deep as the document nests.
+fn too_deeply_nested(text: &str) -> Option<usize> {
+    use toml_parser::lexer::TokenKind;
+    let mut open: Vec<TokenKind> = Vec::new();
+    for token in toml_parser::Source::new(text).lex() {
+        let opener = match token.kind() {
+            k @ (TokenKind::LeftSquareBracket | TokenKind::LeftCurlyBracket) => {
+                open.push(k);
+                if open.len() > MAX_NESTING {
+                    return Some(token.span().start());
+                }
+                continue;
+            }
+            TokenKind::RightSquareBracket => TokenKind::LeftSquareBracket,
+            TokenKind::RightCurlyBracket => TokenKind::LeftCurlyBracket,
+            _ => continue,
+        };
+        if open.last() == Some(&opener) {
+            open.pop();
+        }
+    }
+    None
+}
+
 /// Collects problems while the files are read, so one run reports them all.
 struct Loader {
     problems: Vec<Problem>,
@@ -135,6 +172,18 @@ impl Loader {
     }
 
     fn parse<T: DeserializeOwned>(&mut self, src: &Source) -> Option<T> {
+        if let Some(at) = too_deeply_nested(&src.text) {
+            self.problem_at(
+                src,
+                at..at,
+                None,
+                format!(
+                    "brackets nested more than {MAX_NESTING} deep (or left open): \
+                     a configuration needs a few levels; check the `[` and `{{` before this one"
+                ),
+            );
+            return None;
+        }
         match toml::from_str::<T>(&src.text) {
             Ok(v) => Some(v),
             Err(e) => {
@@ -867,6 +916,25 @@ fn load_channels(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nesting_counts_brackets_of_the_document_only() {
+        let deep = |n: usize| format!("x = {}1{}\n", "[".repeat(n), "]".repeat(n));
+        assert_eq!(too_deeply_nested(&deep(MAX_NESTING)), None);
+        assert_eq!(
+            too_deeply_nested(&deep(MAX_NESTING + 1)),
+            Some(4 + MAX_NESTING)
+        );
+        // Strings and comments are not brackets; table headers close.
+        let quoted = format!(
+            "a = \"{0}\"\nb = '{0}'\n# {0}\n[[rules]]\n[t]\nc = {{ d = [1] }}\n",
+            "[{".repeat(1000)
+        );
+        assert_eq!(too_deeply_nested(&quoted), None);
+        // A close of the other kind closes nothing.
+        let crossed = format!("x = {}\n", "[}".repeat(MAX_NESTING + 1));
+        assert!(too_deeply_nested(&crossed).is_some());
+    }
 
     #[test]
     fn line_and_column_count_from_one() {

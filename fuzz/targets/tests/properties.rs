@@ -382,17 +382,28 @@ fn a_team_file_with_a_hundred_thousand_mistakes_loads_promptly() {
 /// Deeply nested TOML (arrays, inline tables, dotted keys) is refused on a
 /// 2 MiB stack, a quarter of the main thread's, where `check`, `run` and a
 /// SIGHUP reload load it.
-/// The long run of the config target hit one stack overflow whose input
-/// the abort did not let the harness save (docs/reliability.md); these
-/// shapes are the likely ones, and do not cause it.
+/// The last two shapes are the stack overflow the long run of the config
+/// target found (docs/reliability.md): it aborted `check` even on the main
+/// thread's 8 MiB.
 #[test]
 fn deeply_nested_toml_is_refused_without_overflowing_the_stack() {
     let seed = &corpus::seeds("config")[0];
-    let shapes: [fn(usize) -> String; 4] = [
+    let shapes: [fn(usize) -> String; 6] = [
         |depth| format!("x = {}\n", "[".repeat(depth)),
         |depth| format!("x = {}1{}\n", "[".repeat(depth), "]".repeat(depth)),
         |depth| format!("x = {}1{}\n", "{a = ".repeat(depth), "}".repeat(depth)),
         |depth| format!("{}a = 1\n", "a.".repeat(depth)),
+        // The long run's stack overflow (session 5): a regex condition
+        // spliced into itself. The parser's error recovery closed a table
+        // it never counted as open for each `{3}`, so its recursion limit
+        // never tripped (src/config/files.rs, MAX_NESTING).
+        |depth| {
+            let unit = "^X[0-9]{3}ct = { regex = \"";
+            format!("when.product = {{ regex = \"{}$\" }}\n", unit.repeat(depth))
+        },
+        // The same, reduced: a key without `=` before each `{`, and an
+        // empty `{}` where a key should be.
+        |depth| format!("x = {{a{}\n", "{}a{".repeat(depth)),
     ];
     // Each file of the folder: the main file goes through the `config`
     // crate, the others through `toml` directly.
