@@ -22,6 +22,14 @@
 //!    user each, all sessions in IDLE (Dovecot's process titles say so);
 //!    then the daemon's VmRSS. Compared with the same configuration
 //!    without channel files.
+//! 4. `parse` (not in the default list; needs no Dovecot and no daemon):
+//!    the same N backlog messages are parsed in this process with
+//!    `leadgate_imap::parse_message` and the mail rules of the backlog's
+//!    channel, on one thread and then split in halves over two threads;
+//!    wall and CPU time of each. Next to the 1.2× raw-FETCH budget of
+//!    issue #4 when `backlog` ran earlier in the same run
+//!    (`LEADGATE_BENCH_PHASES=backlog,parse`), else next to the last
+//!    known raw FETCH figure. Only parse: `LEADGATE_BENCH_PHASES=parse`.
 //!
 //! Other knobs: `LEADGATE_BENCH_DIR` (parent of the temp directory; keep it
 //! on a real disk), `LEADGATE_BENCH_LIMIT` (seconds a daemon run may take,
@@ -46,6 +54,11 @@ use anyhow::{Context, bail};
 use serde_json::Value;
 use sqlx::ConnectOptions;
 use tokio::runtime::Runtime;
+
+// The daemon's allocator (src/main.rs), so that the `parse` phase measures
+// the parser as the daemon runs it.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const PASSWORD: &str = "secret";
 const MAIL_RULES: &str = "[imap.mail]\nown_domains = [\"ourcompany.example\"]\n";
@@ -1249,6 +1262,15 @@ impl Db {
 struct Report {
     sections: Vec<String>,
     failures: Vec<String>,
+    /// The backlog phase's best raw `UID FETCH 1:* BODY.PEEK[]`, for the
+    /// `parse` phase's comparison.
+    raw_fetch: Option<RawFetch>,
+}
+
+struct RawFetch {
+    wall: Duration,
+    bytes: u64,
+    messages: usize,
 }
 
 fn fmt_s(d: Duration) -> String {
@@ -1540,6 +1562,11 @@ fn phase_backlog(
     eprintln!("backlog: raw baseline (after)");
     let b2 = baseline(&dovecot, &user_name(0))?;
     let best = if b1.wall <= b2.wall { &b1 } else { &b2 };
+    report.raw_fetch = Some(RawFetch {
+        wall: best.wall,
+        bytes: best.bytes,
+        messages: n,
+    });
 
     let mut out = String::new();
     writeln!(
@@ -1633,6 +1660,211 @@ fn phase_backlog(
             format!(" (first: `{}`)", dfirst.join("` / `"))
         }
     )?;
+    report.sections.push(out);
+    Ok(())
+}
+
+/// CPU time of the calling thread.
+fn thread_cpu_now() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Parse every message as the poller does, each `Inbound` dropped right
+/// after; returns this thread's CPU time for it.
+fn parse_all(
+    channel: &leadgate_connector::ChannelId,
+    msgs: &[Vec<u8>],
+    received: chrono::DateTime<chrono::Utc>,
+    rules: &leadgate_imap::MailRules,
+) -> Duration {
+    let cpu0 = thread_cpu_now();
+    for raw in msgs {
+        let inbound = leadgate_imap::parse_message(
+            channel,
+            std::hint::black_box(raw.as_slice()),
+            received,
+            rules,
+        );
+        std::hint::black_box(&inbound);
+        drop(inbound);
+    }
+    thread_cpu_now().saturating_sub(cpu0)
+}
+
+/// Last known raw FETCH figure (BENCHMARKS.md, IMAP section): used when the
+/// backlog phase did not run in this process.
+const LAST_RAW_FETCH: &str = "0.39 s for 10,000 messages / 105 MiB";
+/// 1.2× those 0.39 s.
+const LAST_BUDGET_S: f64 = 1.2 * 0.39;
+
+fn phase_parse(s: &Settings, corpus: &Corpus, report: &mut Report) -> anyhow::Result<()> {
+    #[derive(serde::Deserialize)]
+    struct ChannelFile {
+        imap: leadgate_imap::ImapSettings,
+    }
+    // The rules the daemon reads from the backlog channel's file.
+    let file: ChannelFile = toml::from_str(&imap_channel(143, &user_name(0), "60s"))
+        .context("the backlog channel file")?;
+    let rules = file.imap.mail;
+    let channel = leadgate_connector::ChannelId("sales".into());
+    let received = chrono::Utc::now();
+
+    let n = s.backlog;
+    eprintln!("parse: generating {n} messages");
+    let t = Instant::now();
+    let msgs: Vec<Vec<u8>> = (0..n).map(|i| corpus.message(i)).collect();
+    let total: u64 = msgs.iter().map(|m| m.len() as u64).sum();
+    let gen_time = t.elapsed();
+    let total_mib = total as f64 / 1_048_576.0;
+
+    let nice = stat_fields(std::process::id())
+        .and_then(|f| f.get(16).cloned())
+        .unwrap_or_else(|| "?".into());
+    let load = std::fs::read_to_string("/proc/loadavg").map_or("?".into(), |l| {
+        l.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+    });
+    // Warm-up, not timed: one message of each shape (lazily built regexes
+    // and tables, the allocator's first pages).
+    let warm = n.min(corpus.templates.len());
+    parse_all(&channel, &msgs[..warm], received, &rules);
+
+    eprintln!("parse: 1 thread");
+    let t = Instant::now();
+    let cpu1 = parse_all(&channel, &msgs, received, &rules);
+    let wall1 = t.elapsed();
+
+    eprintln!("parse: 2 threads");
+    let (first, second) = msgs.split_at(n / 2);
+    let t = Instant::now();
+    let cpus: Vec<(Duration, Duration)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = [first, second]
+            .into_iter()
+            .map(|half| {
+                let (channel, rules) = (&channel, &rules);
+                scope.spawn(move || {
+                    let cpu = parse_all(channel, half, received, rules);
+                    (cpu, t.elapsed())
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a parse thread panicked"))
+            .collect()
+    });
+    let wall2 = t.elapsed();
+    let cpu2: Duration = cpus.iter().map(|c| c.0).sum();
+    let cpu2_max = cpus.iter().map(|c| c.0).max().unwrap_or_default();
+
+    let mut out = String::new();
+    writeln!(
+        out,
+        "### Parse only: {n} backlog messages through `leadgate_imap::parse_message`\n\n\
+         No Dovecot, no daemon, no database: the backlog's {n} messages ({} in total, \
+         mean {:.1} KiB, generated in {}), parsed in this process (mimalloc, as the daemon) \
+         with the backlog channel's mail rules (`own_domains = [\"ourcompany.example\"]`); \
+         each `Inbound` dropped as soon as it is made. One untimed warm-up pass over the \
+         first {warm} messages first. Wall = first message → last `Inbound` (for 2 threads: \
+         spawn → both joined); CPU = the parsing threads' own CPU time \
+         (`CLOCK_THREAD_CPUTIME_ID`). The machine is not reserved: this process ran at \
+         niceness {nice}; load average before the timed runs: {load}.\n",
+        mib(total),
+        total as f64 / n as f64 / 1024.0,
+        fmt_s(gen_time),
+    )?;
+    writeln!(
+        out,
+        "| run | wall | messages/s | MiB/s | CPU of the parsing threads | CPU per message | cores busy (CPU / wall) |\n\
+         |---|---:|---:|---:|---:|---:|---:|"
+    )?;
+    for (label, wall, cpu) in [
+        ("1 thread".to_owned(), wall1, cpu1),
+        (
+            format!("2 threads ({} + {} messages)", first.len(), second.len()),
+            wall2,
+            cpu2,
+        ),
+    ] {
+        let w = wall.as_secs_f64().max(1e-9);
+        writeln!(
+            out,
+            "| {label} | {} | {:.0} | {:.1} | {} | {:.3} ms | {:.2} |",
+            fmt_s(wall),
+            n as f64 / w,
+            total_mib / w,
+            fmt_s(cpu),
+            cpu.as_secs_f64() / n as f64 * 1000.0,
+            cpu.as_secs_f64() / w,
+        )?;
+    }
+    writeln!(out)?;
+    writeln!(
+        out,
+        "- 2 threads: per thread CPU {} (wall until each finished: {}); the slower \
+         half's CPU ({}) is the wall time two otherwise idle cores would need",
+        cpus.iter()
+            .map(|c| fmt_s(c.0))
+            .collect::<Vec<_>>()
+            .join(" + "),
+        cpus.iter()
+            .map(|c| fmt_s(c.1))
+            .collect::<Vec<_>>()
+            .join(", "),
+        fmt_s(cpu2_max),
+    )?;
+    match &report.raw_fetch {
+        Some(raw) => {
+            let budget = raw.wall.mul_f64(1.2);
+            // Scaled to this phase's message count when they differ.
+            let budget_here = budget.mul_f64(n as f64 / raw.messages.max(1) as f64);
+            writeln!(
+                out,
+                "- issue #4 budget (1.2× this run's best raw `UID FETCH 1:* BODY.PEEK[]`, \
+                 {} for {} messages / {}): {}{}; parsing alone took {} on 1 thread \
+                 ({:.2}× the budget) and {} on 2 threads ({:.2}×); parse CPU {} \
+                 ({:.2}× the budget)",
+                fmt_s(raw.wall),
+                raw.messages,
+                mib(raw.bytes),
+                fmt_s(budget),
+                if raw.messages == n {
+                    String::new()
+                } else {
+                    format!(" ({} scaled to {n} messages)", fmt_s(budget_here))
+                },
+                fmt_s(wall1),
+                wall1.as_secs_f64() / budget_here.as_secs_f64().max(1e-9),
+                fmt_s(wall2),
+                wall2.as_secs_f64() / budget_here.as_secs_f64().max(1e-9),
+                fmt_s(cpu2),
+                cpu2.as_secs_f64() / budget_here.as_secs_f64().max(1e-9),
+            )?;
+        }
+        None => writeln!(
+            out,
+            "- issue #4 budget (1.2× the raw `UID FETCH 1:* BODY.PEEK[]`): unknown in this run \
+             (the backlog phase did not run before this one); the last known raw FETCH figure \
+             (BENCHMARKS.md) is {LAST_RAW_FETCH}, i.e. a budget of ≈ 0.47 s for 10,000 messages; \
+             parsing alone took {} on 1 thread and {} on 2 threads ({} CPU) for {n} messages \
+             ({:.2}×, {:.2}× and {:.2}× that budget)",
+            fmt_s(wall1),
+            fmt_s(wall2),
+            fmt_s(cpu2),
+            wall1.as_secs_f64() / LAST_BUDGET_S,
+            wall2.as_secs_f64() / LAST_BUDGET_S,
+            cpu2.as_secs_f64() / LAST_BUDGET_S,
+        )?,
+    }
+    writeln!(out)?;
     report.sections.push(out);
     Ok(())
 }
@@ -2069,6 +2301,7 @@ fn run(s: &Settings, report: &mut Report) -> anyhow::Result<()> {
             "backlog" => phase_backlog(&rt, s, &base, &corpus, report),
             "idle" => phase_idle(&rt, s, &base, &corpus, report),
             "memory" => phase_memory(s, &base, report),
+            "parse" => phase_parse(s, &corpus, report),
             other => Err(anyhow::anyhow!("unknown phase {other:?}")),
         };
         eprintln!("phase {phase}: {:.1} s", t.elapsed().as_secs_f64());
