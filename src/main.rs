@@ -3,6 +3,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use leadgate::config::{self, Config};
+use leadgate::store::LAST_ERROR_KEY;
 use leadgate::{daemon, logging};
 
 #[global_allocator]
@@ -73,6 +74,14 @@ fn load(dir: &std::path::Path) -> Result<Config, ExitCode> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run) {
+        // A report piped into `head` ends when the reader has had enough:
+        // exit quietly, as other Unix tools do, instead of panicking on the
+        // closed pipe. The daemon keeps SIGPIPE ignored: a client's closed
+        // socket is an error to handle there, not a reason to die.
+        // SAFETY: no other thread runs yet; SIG_DFL is a valid disposition.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let config = match load(&cli.config) {
         Ok(c) => c,
         Err(code) => return code,
@@ -224,15 +233,20 @@ async fn status(config: &Config) -> anyhow::Result<()> {
     );
     for c in &config.channels {
         let a = activity.iter().find(|a| a.channel == c.id.as_str());
-        let cursor = a
-            .map(|a| {
-                a.cursors
-                    .iter()
-                    .map(|k| format!("{}={}", k.key, k.value))
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            })
-            .unwrap_or_default();
+        // A channel with nothing stored lately may be the one that fails.
+        let cursors = match a {
+            Some(a) => a.cursors.clone(),
+            None => store.cursors(c.id.as_str()).await?,
+        };
+        // A poller's last error is kept beside its cursors; it gets a line
+        // of its own.
+        let last_error = cursors.iter().find(|k| k.key == LAST_ERROR_KEY);
+        let cursor = cursors
+            .iter()
+            .filter(|k| k.key != LAST_ERROR_KEY)
+            .map(|k| format!("{}={}", k.key, k.value))
+            .collect::<Vec<_>>()
+            .join(" ");
         println!(
             "{:<16} {:<10} {:<7} {:>9} {:>6} {:>8}  {:<19}  {}",
             clip(c.id.as_str(), 16),
@@ -250,6 +264,9 @@ async fn status(config: &Config) -> anyhow::Result<()> {
                 cursor
             }
         );
+        if let Some(e) = last_error {
+            println!("{:<16} last error: {}", "", clip(&e.value, 200));
+        }
     }
     println!("(counts over the last 24 hours)");
     Ok(())

@@ -65,6 +65,36 @@ const HELP: &[(&str, &str, &str)] = &[
         "Unix time of the channel's last stored inbound.",
     ),
     (
+        "leadgate_channel_lag_seconds",
+        "gauge",
+        "Seconds from the channel's last stored inbound being received (its message's own time for mail and messengers) to its commit.",
+    ),
+    (
+        "leadgate_channel_last_error_timestamp_seconds",
+        "gauge",
+        "Unix time of the channel's last poller error.",
+    ),
+    (
+        "leadgate_poller_up",
+        "gauge",
+        "1 while the channel's poller session runs, 0 while it waits to reconnect.",
+    ),
+    (
+        "leadgate_poller_errors_total",
+        "counter",
+        "Poller sessions that ended in an error, each followed by a reconnect after a backoff.",
+    ),
+    (
+        "leadgate_notifications_total",
+        "counter",
+        "Notification attempts by transport and outcome (sent, retry, failed).",
+    ),
+    (
+        "leadgate_timers_fired_total",
+        "counter",
+        "Assignment timers fired (SLA escalations, queue releases), by kind.",
+    ),
+    (
         "leadgate_store_up",
         "gauge",
         "1 when the last commit succeeded, 0 after a failure.",
@@ -182,6 +212,30 @@ pub fn render() -> String {
                 let _ = writeln!(out, "{name}_count {}", h.count);
             }
         }
+        // A series recorded under a name HELP lacks is still shown (it was
+        // silently dropped once), untyped.
+        let known = |n: &str| HELP.iter().any(|(name, _, _)| *name == n);
+        let mut unknown: Vec<_> = r
+            .counters
+            .iter()
+            .map(|(k, v)| (k, *v as f64))
+            .chain(r.gauges.iter().map(|(k, v)| (k, *v)))
+            .filter(|((n, _), _)| !known(n))
+            .collect();
+        unknown.sort_by(|a, b| a.0.cmp(b.0));
+        let mut typed = "";
+        for ((name, l), v) in unknown {
+            if *name != typed {
+                let _ = writeln!(out, "# TYPE {name} untyped");
+                typed = name;
+            }
+            let series = if l.is_empty() {
+                name.to_string()
+            } else {
+                format!("{name}{{{l}}}")
+            };
+            let _ = writeln!(out, "{series} {v}");
+        }
         out
     })
 }
@@ -208,6 +262,20 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("\nleadgate_store_up 1\n"), "{text}");
+        // Named without a HELP entry: shown once typed, with each series.
+        inc("leadgate_test_unlisted_total", &[("k", "a")], 1);
+        inc("leadgate_test_unlisted_total", &[("k", "b")], 1);
+        let text = render();
+        assert_eq!(
+            text.matches("# TYPE leadgate_test_unlisted_total untyped")
+                .count(),
+            1,
+            "{text}"
+        );
+        assert!(
+            text.contains("leadgate_test_unlisted_total{k=\"b\"} 1"),
+            "{text}"
+        );
         assert!(text.contains("# TYPE leadgate_commit_batch_items histogram"));
     }
 }

@@ -253,6 +253,11 @@ async fn supervise(
             &[("channel", id.as_str())],
             1,
         );
+        crate::metrics::set(
+            "leadgate_channel_last_error_timestamp_seconds",
+            &[("channel", id.as_str())],
+            crate::metrics::now_seconds(),
+        );
         let _ = store
             .record_channel_error(id.as_str(), &e.to_string())
             .await;

@@ -1093,6 +1093,32 @@ async fn telegram_api_failing_for_a_while_loses_nothing_and_backs_off() {
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(api.violations(), Vec::<String>::new());
     audit(cfg.path()).unwrap();
+    // What an operator's dashboard sees of it: reconnects, the last error,
+    // the poller running again.
+    let metrics = reqwest::get(format!("{}/metrics", cfg.base_url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |series: &str| {
+        metrics
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(series)?
+                    .strip_prefix(' ')?
+                    .parse::<f64>()
+                    .ok()
+            })
+            .unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
+    };
+    let errors = value("leadgate_poller_errors_total{channel=\"tgpoll\"}");
+    assert!(
+        errors >= 3.0,
+        "{errors} poller errors counted for four faults"
+    );
+    assert!(value("leadgate_channel_last_error_timestamp_seconds{channel=\"tgpoll\"}") > 0.0);
+    assert_eq!(value("leadgate_poller_up{channel=\"tgpoll\"}"), 1.0);
     eprintln!(
         "DRILL telegram faults: {}\n  {}",
         report.join("; "),

@@ -442,6 +442,18 @@ async fn tls_and_starttls_trust_a_private_ca_and_only_it() {
         error.to_lowercase().contains("certificate"),
         "the error names the certificate: {error}"
     );
+    // And `leadgate status` shows it under the channel.
+    let (_, status, _) = support::daemon::cli(cfg.path(), &["status"]);
+    let row = status
+        .lines()
+        .position(|l| l.starts_with("untrusted "))
+        .unwrap_or_else(|| panic!("no row for the channel in\n{status}"));
+    let below = status.lines().nth(row + 1).unwrap_or_default();
+    assert!(
+        below.trim_start().starts_with("last error: ")
+            && below.to_lowercase().contains("certificate"),
+        "{status}"
+    );
     assert_eq!(per_channel("untrusted").await, 0);
     db.close().await;
 }

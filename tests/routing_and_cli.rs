@@ -316,3 +316,29 @@ fn secrets_never_appear_in_errors() {
     );
     assert!(err.contains("postgres://127.0.0.1:1/nowhere"), "{err}");
 }
+
+/// `leadgate check | head -c0` (a reader that has had enough): the command
+/// ends by SIGPIPE as Unix tools do, not with a panic on the closed pipe.
+#[test]
+fn a_command_writing_into_a_closed_pipe_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let cfg = TestConfig::corpus(None);
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = std::process::Command::new(support::daemon::binary())
+        .arg("--config")
+        .arg(cfg.path())
+        .arg("check")
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGPIPE),
+        "{:?} {err}",
+        out.status
+    );
+}

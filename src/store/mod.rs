@@ -74,6 +74,10 @@ pub struct LeadRow {
     pub status: String,
 }
 
+/// The `channel_state` key under which a channel's last connector error is
+/// kept (a cursor key no connector uses).
+pub const LAST_ERROR_KEY: &str = "last_error";
+
 /// One channel's recent activity, for `leadgate status`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChannelActivity {
@@ -249,17 +253,18 @@ impl Store {
     }
 
     /// Remember a channel's last connector error where `leadgate status`
-    /// shows it (beside the cursors).
+    /// shows it (beside the cursors, under [`LAST_ERROR_KEY`]), with its time.
     pub async fn record_channel_error(&self, channel: &str, error: &str) -> Result<(), StoreError> {
         let value = format!("{} {error}", Utc::now().format("%Y-%m-%d %H:%M:%S"));
         on_pool!(self, pool => {
             sqlx::query(
-                "INSERT INTO channel_state (channel_id, cursor_key, value, updated_at) VALUES ($1, 'last_error', $2, $3) \
+                "INSERT INTO channel_state (channel_id, cursor_key, value, updated_at) VALUES ($1, $4, $2, $3) \
                  ON CONFLICT (channel_id, cursor_key) DO UPDATE SET value = $2, updated_at = $3",
             )
             .bind(channel)
             .bind(value)
             .bind(Utc::now())
+            .bind(LAST_ERROR_KEY)
             .execute(pool)
             .await?;
         });

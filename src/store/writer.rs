@@ -257,10 +257,17 @@ fn count(req: &WriteRequest, receipts: &[Receipt]) {
                 1,
             );
         }
+        let now = metrics::now_seconds();
         metrics::set(
             "leadgate_channel_last_inbound_timestamp_seconds",
             &[("channel", channel)],
-            metrics::now_seconds(),
+            now,
+        );
+        let received = item.inbound.received_at.timestamp_millis() as f64 / 1000.0;
+        metrics::set(
+            "leadgate_channel_lag_seconds",
+            &[("channel", channel)],
+            (now - received).max(0.0),
         );
     }
 }
