@@ -3,6 +3,9 @@
 //! `max_batch` items), so under load one fsync covers hundreds of items and
 //! at low load nothing waits for a batch to fill.
 
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
 use chrono::Utc;
 use leadgate_connector::{
     CallDirection, CallEvent, CallPhase, ChannelId, CursorUpdate, Dedupe, Disposition,
@@ -10,9 +13,6 @@ use leadgate_connector::{
 };
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
-
-use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use super::Store;
 use super::assign::Assignment;
