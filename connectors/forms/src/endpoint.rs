@@ -9,7 +9,6 @@ use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use chrono::Utc;
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use leadgate_connector::body::{BodyError, read_bounded};
 use leadgate_connector::{
@@ -20,6 +19,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::config::FormChannel;
+use crate::limiter::PerAddressLimiter;
 use crate::mapping::map_fields;
 use crate::parse::{FormError, parse_body};
 
@@ -28,7 +28,7 @@ pub const KEY_HEADER: &str = "x-leadgate-key";
 
 struct LiveChannel {
     channel: FormChannel,
-    limiter: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    limiter: Option<PerAddressLimiter>,
 }
 
 /// Shared state of the forms endpoint. Channels can be replaced at run time
@@ -53,14 +53,8 @@ impl FormsState {
     /// channel they started with.
     pub fn set_channels(&self, channels: Vec<FormChannel>) {
         self.channels.replace(channels.into_iter().map(|channel| {
-            let limiter =
-                NonZeroU32::new(channel.settings.rate_limit_per_minute).map(|per_minute| {
-                    // A burst of a fifth of the minute's allowance lets a
-                    // person retry a couple of times without a 429.
-                    let burst =
-                        NonZeroU32::new((per_minute.get() / 5).max(3)).unwrap_or(per_minute);
-                    RateLimiter::keyed(Quota::per_minute(per_minute).allow_burst(burst))
-                });
+            let limiter = NonZeroU32::new(channel.settings.rate_limit_per_minute)
+                .map(PerAddressLimiter::per_minute);
             (channel.id.0.clone(), LiveChannel { channel, limiter })
         }));
     }
@@ -232,7 +226,7 @@ async fn accept(
 ) -> Result<Reply, FormError> {
     let channel = &live.channel;
     if let Some(limiter) = &live.limiter
-        && limiter.check_key(&client_ip(&request)).is_err()
+        && !limiter.allows(client_ip(&request))
     {
         return Err(FormError::RateLimited);
     }

@@ -11,6 +11,7 @@
 
 mod config;
 mod endpoint;
+mod limiter;
 mod mapping;
 mod parse;
 
