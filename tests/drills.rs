@@ -2291,3 +2291,154 @@ async fn sqlite_read_only_filesystem_refuses_with_503_and_recovers() {
     drop(daemon);
     drop(disk);
 }
+
+/// One address floods a form channel while twenty others post at a
+/// person's pace, all from loopback addresses of their own: the flood gets
+/// 429 with Retry-After past its burst, every other sender is answered 200
+/// and stored, nothing is answered 5xx, and the daemon's memory stays
+/// bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flood_from_one_address_is_refused_while_others_are_served() {
+    const PER_MINUTE: u32 = 60;
+    const BURST: u64 = 12; // a fifth of the minute (connectors/forms/src/limiter.rs)
+    const PEOPLE: u8 = 20;
+    let window = Duration::from_secs(env_number("LEADGATE_DRILL_FAULT_SECS", 4));
+    let channel = format!("kind = \"form\"\n[form]\nrate_limit_per_minute = {PER_MINUTE}\n");
+    let cfg = TestConfig::new(
+        None,
+        &[("site", channel.as_str())],
+        TEAM,
+        "default = \"role:sales\"\n",
+    );
+    let daemon = Daemon::start(&cfg);
+    let url = format!("{}/forms/site", cfg.base_url());
+    let client_from = |address: [u8; 4]| {
+        reqwest::Client::builder()
+            .local_address(std::net::IpAddr::from(address))
+            .timeout(PROMPT)
+            .build()
+            .unwrap()
+    };
+    let started = Instant::now();
+
+    // The flood: eight connections from 127.0.0.2, as fast as they go.
+    let mut flood = Vec::new();
+    for task in 0..8u64 {
+        let (client, url) = (client_from([127, 0, 0, 2]), url.clone());
+        flood.push(tokio::spawn(async move {
+            let mut statuses: HashMap<u16, u64> = HashMap::new();
+            let mut without_retry_after = 0u64;
+            let mut n = 0u64;
+            while started.elapsed() < window {
+                let phone = format!("8999{:07}", task * 1_000_000 + n);
+                n += 1;
+                let status = match client.post(&url).form(&[("phone", phone)]).send().await {
+                    Ok(r) => {
+                        if r.status() == 429 && !r.headers().contains_key("retry-after") {
+                            without_retry_after += 1;
+                        }
+                        r.status().as_u16()
+                    }
+                    Err(_) => 0,
+                };
+                *statuses.entry(status).or_default() += 1;
+            }
+            (statuses, without_retry_after)
+        }));
+    }
+    // The people: one post each every 400 ms, well inside their burst.
+    let mut people = Vec::new();
+    for person in 1..=PEOPLE {
+        let (client, url) = (client_from([127, 0, 1, person]), url.clone());
+        people.push(tokio::spawn(async move {
+            let mut answers = Vec::new();
+            let mut n = 0u64;
+            while started.elapsed() < window {
+                let phone = format!("8988{:03}{:04}", person, n);
+                n += 1;
+                let sent = Instant::now();
+                let status = client
+                    .post(&url)
+                    .form(&[("phone", phone)])
+                    .send()
+                    .await
+                    .map_or(0, |r| r.status().as_u16());
+                answers.push((status, sent.elapsed()));
+                tokio::time::sleep(Duration::from_millis(400)).await;
+            }
+            answers
+        }));
+    }
+
+    let mut flood_statuses: HashMap<u16, u64> = HashMap::new();
+    let mut without_retry_after = 0;
+    for task in flood {
+        let (statuses, missing) = task.await.unwrap();
+        without_retry_after += missing;
+        for (status, n) in statuses {
+            *flood_statuses.entry(status).or_default() += n;
+        }
+    }
+    let mut answers = Vec::new();
+    for task in people {
+        answers.extend(task.await.unwrap());
+    }
+    let flood_total: u64 = flood_statuses.values().sum();
+    let flood_ok = flood_statuses.get(&200).copied().unwrap_or(0);
+    let people_ok = answers.iter().filter(|(s, _)| *s == 200).count();
+    let slowest = answers.iter().map(|(_, t)| *t).max().unwrap_or_default();
+    let db = Db::open(&cfg.db_url).await;
+    let stored_flood = db
+        .int(
+            "SELECT COUNT(*) FROM inbound_messages WHERE sender_phone LIKE '+7999%'",
+            None,
+        )
+        .await;
+    let stored_people = db
+        .int(
+            "SELECT COUNT(*) FROM inbound_messages WHERE sender_phone LIKE '+7988%'",
+            None,
+        )
+        .await;
+    db.close().await;
+    let ctx = "(flood)";
+    let peak = bounded_peak_mib(ctx, &daemon);
+    let report = format!(
+        "{flood_total} flood requests in {window:?} ({:.0}/s) from one address: {flood_statuses:?}; \
+         {} posts from {PEOPLE} other addresses: {people_ok} × 200, slowest {slowest:?}; \
+         stored {stored_flood} of the flood, {stored_people} of the others; daemon peak {peak:.1} MiB",
+        flood_total as f64 / window.as_secs_f64(),
+        answers.len()
+    );
+    eprintln!("DRILL flood: {report}");
+    // Its burst, and what the quota refills meanwhile (one a second).
+    let allowed = BURST + window.as_secs() + 1;
+    assert!(
+        flood_ok <= allowed && flood_ok >= BURST,
+        "{ctx}: {flood_ok} flood requests accepted (burst {BURST}, at most {allowed})\n{report}"
+    );
+    assert_eq!(
+        flood_statuses
+            .keys()
+            .filter(|s| **s != 200 && **s != 429)
+            .count(),
+        0,
+        "{ctx}: answers other than 200 and 429 to the flood\n{report}"
+    );
+    assert_eq!(
+        without_retry_after, 0,
+        "{ctx}: a 429 without Retry-After\n{report}"
+    );
+    assert!(
+        flood_total > 10 * allowed,
+        "{ctx}: the flood was no flood\n{report}"
+    );
+    assert_eq!(
+        people_ok,
+        answers.len(),
+        "{ctx}: a sender at a person's pace was refused beside the flood\n{report}"
+    );
+    assert_eq!(stored_people, answers.len() as i64, "{report}");
+    assert_eq!(stored_flood, flood_ok as i64, "{report}");
+    audit(cfg.path()).unwrap();
+}
