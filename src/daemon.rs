@@ -130,6 +130,7 @@ pub async fn run(config_dir: &Path, config: Config) -> anyhow::Result<()> {
         listener,
         app,
         config.main.http.request_timeout.0,
+        config.main.http.trusted_proxies.clone(),
         shutdown.clone(),
     ));
     pollers.apply(&config).await;

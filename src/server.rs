@@ -2,15 +2,17 @@
 //! process is alive) and `/readyz` (it can commit right now: the database
 //! answers and the writer's commits are not failing).
 
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{Request, StatusCode};
+use axum::http::{HeaderMap, Request, StatusCode};
 use axum::routing::get;
 use hyper::body::Incoming;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::AddressRange;
 use crate::store::{Store, WriterHealth};
 
 #[derive(Clone)]
@@ -157,8 +159,10 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Router,
     request_timeout: Duration,
+    trusted_proxies: Vec<AddressRange>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    let trusted_proxies: std::sync::Arc<[AddressRange]> = trusted_proxies.into();
     use hyper_util::rt::{TokioIo, TokioTimer};
     use tower::ServiceExt;
 
@@ -190,12 +194,18 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let app = app.clone();
+        let trusted_proxies = trusted_proxies.clone();
         let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
-            // What axum's connect-info service would add: the per-IP
-            // limiters read the peer from here.
+            // What axum's connect-info service would add: the per-address
+            // limiters read the client from here. Behind a trusted proxy
+            // that is the client the proxy names, not the proxy.
+            let client = client_address(peer.ip(), request.headers(), &trusted_proxies);
             request
                 .extensions_mut()
-                .insert(axum::extract::ConnectInfo(peer));
+                .insert(axum::extract::ConnectInfo(SocketAddr::new(
+                    client,
+                    peer.port(),
+                )));
             app.clone().oneshot(request)
         });
         let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
@@ -211,8 +221,104 @@ pub async fn serve(
     Ok(())
 }
 
+/// The client of a request from `peer`. A peer among `trusted` proxies
+/// speaks for the client: `X-Forwarded-For` is read from its right end (the
+/// hop nearest to us) leftwards, past the trusted proxies, to the first
+/// address that is not one, as nginx's `real_ip_recursive` does; entries
+/// further left are the client's own claims and are not believed. Without
+/// the header, `X-Real-IP`. Anything unreadable leaves the nearest trusted
+/// hop as the client, which limits the proxy rather than trusting garbage.
+fn client_address(peer: IpAddr, headers: &HeaderMap, trusted: &[AddressRange]) -> IpAddr {
+    let is_trusted = |a: IpAddr| trusted.iter().any(|r| r.contains(a));
+    if !is_trusted(peer) {
+        return peer;
+    }
+    let forwarded: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .collect();
+    if forwarded.is_empty() {
+        return headers
+            .get("x-real-ip")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(peer);
+    }
+    let mut client = peer;
+    for hop in forwarded.iter().rev() {
+        let Ok(address) = hop.parse::<IpAddr>() else {
+            break;
+        };
+        client = address;
+        if !is_trusted(address) {
+            break;
+        }
+    }
+    client
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_client_is_the_first_untrusted_hop_from_the_right() {
+        use super::{AddressRange, HeaderMap, IpAddr, client_address};
+        let trusted: Vec<AddressRange> = ["127.0.0.1", "10.0.0.0/8"]
+            .iter()
+            .map(|s| AddressRange::try_from(s.to_string()).unwrap())
+            .collect();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let with = |xff: &[&str]| {
+            let mut h = HeaderMap::new();
+            for v in xff {
+                h.append("x-forwarded-for", v.parse().unwrap());
+            }
+            h
+        };
+        let proxy = ip("127.0.0.1");
+        // A visitor through one proxy; a forged entry on the left is not believed.
+        let h = with(&["203.0.113.7"]);
+        assert_eq!(client_address(proxy, &h, &trusted), ip("203.0.113.7"));
+        let h = with(&["6.6.6.6, 203.0.113.7"]);
+        assert_eq!(client_address(proxy, &h, &trusted), ip("203.0.113.7"));
+        // Through two proxies (and two header lines).
+        let h = with(&["198.51.100.2", "10.1.2.3"]);
+        assert_eq!(client_address(proxy, &h, &trusted), ip("198.51.100.2"));
+        // An untrusted peer's header is ignored.
+        let h = with(&["203.0.113.7"]);
+        assert_eq!(
+            client_address(ip("192.0.2.9"), &h, &trusted),
+            ip("192.0.2.9")
+        );
+        // Garbage leaves the nearest trusted hop.
+        let h = with(&["203.0.113.7, not-an-address"]);
+        assert_eq!(client_address(proxy, &h, &trusted), proxy);
+        // X-Real-IP when there is no X-Forwarded-For; nothing: the peer.
+        let mut h = HeaderMap::new();
+        h.insert("x-real-ip", "203.0.113.8".parse().unwrap());
+        assert_eq!(client_address(proxy, &h, &trusted), ip("203.0.113.8"));
+        assert_eq!(client_address(proxy, &HeaderMap::new(), &trusted), proxy);
+        // Nothing trusted: always the peer.
+        assert_eq!(client_address(proxy, &with(&["203.0.113.7"]), &[]), proxy);
+    }
+
+    #[test]
+    fn address_ranges_match_their_network_only() {
+        use super::{AddressRange, IpAddr};
+        let range = |s: &str| AddressRange::try_from(s.to_string());
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let net = range("10.0.0.0/8").unwrap();
+        assert!(net.contains(ip("10.255.0.1")) && !net.contains(ip("11.0.0.1")));
+        assert!(net.contains(ip("::ffff:10.1.1.1")), "IPv4-mapped");
+        assert!(!net.contains(ip("::1")));
+        assert!(range("0.0.0.0/0").unwrap().contains(ip("8.8.8.8")));
+        assert!(range("fd00::/8").unwrap().contains(ip("fd12::1")));
+        assert!(range("10.0.0.0/33").is_err() && range("ten").is_err());
+    }
+
     use super::*;
 
     fn nofile() -> (u64, u64) {

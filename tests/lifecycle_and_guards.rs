@@ -37,6 +37,72 @@ async fn a_flood_from_one_address_gets_429_with_retry_after() {
     db.close().await;
 }
 
+/// Behind a reverse proxy every visitor arrives from the proxy's address:
+/// with the proxy in `http.trusted_proxies` the per-address limit applies
+/// to the visitors `X-Forwarded-For` names, while a peer that is not
+/// trusted cannot pick its address by sending the header.
+#[tokio::test(flavor = "multi_thread")]
+async fn behind_a_trusted_proxy_each_visitor_has_its_own_limit() {
+    let channels: &[(&str, &str)] = &[(
+        "site",
+        "kind = \"form\"\n[form]\nrate_limit_per_minute = 3\n",
+    )];
+    let cfg = TestConfig::new(None, channels, TEAM, "default = \"role:sales\"\n");
+    cfg.write(
+        "leadgate.toml",
+        &format!(
+            "[database]\nurl = \"{}\"\n[http]\nlisten = \"127.0.0.1:{}\"\ntrusted_proxies = [\"127.0.0.1\"]\n",
+            cfg.db_url, cfg.port
+        ),
+    );
+    let _daemon = Daemon::start(&cfg);
+    let post = |client: &reqwest::Client, visitor: &str, n: usize| {
+        client
+            .post(format!("{}/forms/site", cfg.base_url()))
+            .header("x-forwarded-for", format!("198.51.100.250, {visitor}"))
+            .form(&[("phone", format!("8999124{n:04}"))])
+            .send()
+    };
+    let proxy = reqwest::Client::new();
+    let mut statuses = Vec::new();
+    for (n, visitor) in ["203.0.113.1", "203.0.113.2"]
+        .iter()
+        .cycle()
+        .take(8)
+        .enumerate()
+    {
+        statuses.push((
+            *visitor,
+            post(&proxy, visitor, n).await.unwrap().status().as_u16(),
+        ));
+    }
+    let refused: Vec<_> = statuses.iter().filter(|(_, s)| *s == 429).collect();
+    // Three each (the burst), then 429 for each: not three for all of them.
+    assert_eq!(
+        refused,
+        [&("203.0.113.1", 429), &("203.0.113.2", 429)],
+        "{statuses:?}"
+    );
+    // From an address that is not a trusted proxy the header counts for
+    // nothing: four posts naming four visitors are one sender.
+    let untrusted = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .build()
+        .unwrap();
+    let mut from_untrusted = Vec::new();
+    for n in 0..4 {
+        let visitor = format!("203.0.113.{}", 10 + n);
+        from_untrusted.push(
+            post(&untrusted, &visitor, 100 + n)
+                .await
+                .unwrap()
+                .status()
+                .as_u16(),
+        );
+    }
+    assert_eq!(from_untrusted, [200, 200, 200, 429]);
+}
+
 #[test]
 fn environment_overrides_the_main_file() {
     let cfg = TestConfig::corpus(None);

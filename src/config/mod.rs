@@ -181,6 +181,10 @@ pub struct HttpConfig {
     pub listen: SocketAddr,
     /// Longest time a client may take to send a request's headers and body.
     pub request_timeout: HumanDuration,
+    /// Reverse proxies (addresses or networks) whose `X-Forwarded-For`
+    /// names the client: per-address limits then apply to visitors, not to
+    /// the proxy. Empty: every request's client is its peer.
+    pub trusted_proxies: Vec<AddressRange>,
 }
 
 impl Default for HttpConfig {
@@ -188,7 +192,63 @@ impl Default for HttpConfig {
         HttpConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             request_timeout: HumanDuration(std::time::Duration::from_secs(30)),
+            trusted_proxies: Vec::new(),
         }
+    }
+}
+
+/// An address (`10.0.0.5`, `::1`) or a network in CIDR notation
+/// (`10.0.0.0/8`, `fd00::/8`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct AddressRange {
+    network: std::net::IpAddr,
+    prefix: u8,
+}
+
+impl AddressRange {
+    pub fn contains(&self, address: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        // An IPv4 peer may arrive as an IPv4-mapped IPv6 address.
+        let address = match address {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(address, IpAddr::V4),
+            v4 => v4,
+        };
+        let bits = |a: IpAddr| match a {
+            IpAddr::V4(v4) => (u128::from(u32::from(v4)), 32),
+            IpAddr::V6(v6) => (u128::from(v6), 128),
+        };
+        let ((net, width), (addr, addr_width)) = (bits(self.network), bits(address));
+        if width != addr_width {
+            return false;
+        }
+        let host_bits = u32::from(width - self.prefix);
+        net.checked_shr(host_bits).unwrap_or(0) == addr.checked_shr(host_bits).unwrap_or(0)
+    }
+}
+
+impl TryFrom<String> for AddressRange {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        let (address, prefix) = match text.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (text.as_str(), None),
+        };
+        let network: std::net::IpAddr = address.trim().parse().map_err(|_| {
+            format!("{text:?} is not an address or a network (e.g. \"10.0.0.5\", \"10.0.0.0/8\")")
+        })?;
+        let width = if network.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => width,
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= width)
+                .ok_or_else(|| format!("{text:?}: the prefix length must be 0 to {width}"))?,
+        };
+        Ok(AddressRange { network, prefix })
     }
 }
 
