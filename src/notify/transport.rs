@@ -2,8 +2,10 @@
 //! connectors/telegram, no dispatcher), e-mail through lettre's SMTP client
 //! (tokio, rustls).
 
+use std::num::NonZeroU32;
 use std::time::Duration;
 
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 use lettre::message::{Mailbox, header::ContentType};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Tls, TlsParameters};
@@ -52,7 +54,23 @@ impl Payload for GetMeJson {
 pub struct TelegramSender {
     bot: Bot,
     token: String,
+    /// Telegram's limits for a bot: about one message a second to one chat
+    /// (short bursts pass) and about 30 a second in all. Pacing here keeps a
+    /// burst of leads from turning into a burst of 429s.
+    per_chat: DefaultKeyedRateLimiter<i64>,
+    overall: DefaultDirectRateLimiter,
 }
+
+/// Messages to one chat sent at once before pacing starts.
+const CHAT_BURST: u32 = 3;
+/// Below Telegram's ~30 a second for a bot, with room for other use.
+const BOT_PER_SECOND: u32 = 25;
+/// Longest a send waits for its turn. A claimed row must be sent well
+/// within its claim (twice the timeout plus 15 s), or another sender could
+/// take it over; past this wait it is rescheduled instead.
+const MAX_PACING_WAIT: Duration = Duration::from_secs(5);
+/// Chats remembered by the pacer before the idle ones are dropped.
+const PACED_CHATS: usize = 10_000;
 
 impl TelegramSender {
     pub fn new(s: &TelegramSettings) -> Result<TelegramSender, String> {
@@ -61,10 +79,36 @@ impl TelegramSender {
             .timeout(s.timeout)
             .build()
             .map_err(|e| format!("cannot build an HTTP client: {e}"))?;
+        let burst = NonZeroU32::new(CHAT_BURST).unwrap_or(NonZeroU32::MIN);
+        let overall = NonZeroU32::new(BOT_PER_SECOND).unwrap_or(NonZeroU32::MIN);
         Ok(TelegramSender {
             bot: Bot::with_client(s.token.expose(), client).set_api_url(s.api_url.clone()),
             token: s.token.expose().to_owned(),
+            per_chat: RateLimiter::keyed(Quota::per_second(NonZeroU32::MIN).allow_burst(burst)),
+            overall: RateLimiter::direct(Quota::per_second(overall)),
         })
+    }
+
+    /// Wait for this chat's turn (and the bot's), at most
+    /// [`MAX_PACING_WAIT`]; a retry in a second when that is not enough.
+    async fn paced(&self, chat: i64) -> Result<(), SendError> {
+        if self.per_chat.len() > PACED_CHATS {
+            self.per_chat.retain_recent();
+        }
+        let turn = async {
+            self.per_chat.until_key_ready(&chat).await;
+            self.overall.until_ready().await;
+        };
+        tokio::time::timeout(MAX_PACING_WAIT, turn)
+            .await
+            .map_err(|_| SendError {
+                message: format!(
+                    "paced: more messages for chat {chat} than Telegram takes (about one a second); \
+                     sending later"
+                ),
+                permanent: false,
+                retry_after: Some(Duration::from_secs(1)),
+            })
     }
 
     pub async fn send(&self, chat: &str, text: &str) -> Result<(), SendError> {
@@ -74,6 +118,7 @@ impl TelegramSender {
             retry_after: None,
         })?;
         let text: String = text.chars().take(TELEGRAM_MAX_CHARS).collect();
+        self.paced(chat).await?;
         match self.bot.send_message(ChatId(chat), text).send().await {
             Ok(_) => Ok(()),
             Err(e) => Err(self.failure(e)),
