@@ -162,9 +162,10 @@ pub async fn serve(
     trusted_proxies: Vec<AddressRange>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let trusted_proxies: std::sync::Arc<[AddressRange]> = trusted_proxies.into();
     use hyper_util::rt::{TokioIo, TokioTimer};
     use tower::ServiceExt;
+
+    let trusted_proxies: std::sync::Arc<[AddressRange]> = trusted_proxies.into();
 
     let app = app.layer(tower_http::timeout::TimeoutLayer::with_status_code(
         StatusCode::REQUEST_TIMEOUT,

@@ -215,15 +215,12 @@ async fn postgres_outage_answers_503_then_recovers_without_loss() {
     }
     let ready = client.get(format!("{base}/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 503, "readiness is red during the outage");
-    let metrics = client
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(metrics.contains("\nleadgate_store_up 0\n"), "{metrics}");
+    let metrics = support::metrics::scrape(&base).await;
+    assert_eq!(
+        support::metrics::value(&metrics, "leadgate_store_up"),
+        Some(0.0),
+        "{metrics}"
+    );
     assert!(
         !metrics.contains("\nleadgate_commit_failures_total 0\n")
             && metrics.contains("leadgate_commit_failures_total"),

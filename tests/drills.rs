@@ -1110,21 +1110,9 @@ async fn telegram_api_failing_for_a_while_loses_nothing_and_backs_off() {
     audit(cfg.path()).unwrap();
     // What an operator's dashboard sees of it: reconnects, the last error,
     // the poller running again.
-    let metrics = reqwest::get(format!("{}/metrics", cfg.base_url()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = support::metrics::scrape(&cfg.base_url()).await;
     let value = |series: &str| {
-        metrics
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix(series)?
-                    .strip_prefix(' ')?
-                    .parse::<f64>()
-                    .ok()
-            })
+        support::metrics::value(&metrics, series)
             .unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
     };
     let errors = value("leadgate_poller_errors_total{channel=\"tgpoll\"}");
@@ -1734,19 +1722,9 @@ async fn ten_thousand_idle_connections_are_capped_and_timed_out() {
     let r = post("3").await.expect("a form post after");
     assert!(r.status().is_success(), "form after: {}", r.status());
     forms += 1;
-    let metrics = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let refused: u64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("leadgate_http_connections_refused_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0);
+    let metrics = support::metrics::scrape(&base).await;
+    let refused = support::metrics::value(&metrics, "leadgate_http_connections_refused_total")
+        .unwrap_or(0.0) as u64;
     let refused_seen = beyond.iter().filter(|(e, _)| *e == Ended::Closed).count() as u64;
     assert!(
         refused >= refused_seen,

@@ -458,11 +458,7 @@ async fn metrics_count_inbound_leads_commits_and_responses() {
         assert!(text.contains(line), "missing {line:?} in\n{text}");
     }
     // A form is received when posted: its lag is the commit's own time.
-    let lag: f64 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("leadgate_channel_lag_seconds{channel=\"site\"} "))
-        .unwrap_or_else(|| panic!("no lag for the site channel in\n{text}"))
-        .parse()
-        .unwrap();
+    let lag = support::metrics::value(&text, "leadgate_channel_lag_seconds{channel=\"site\"}")
+        .unwrap_or_else(|| panic!("no lag for the site channel in\n{text}"));
     assert!((0.0..5.0).contains(&lag), "lag {lag} s");
 }

@@ -7,6 +7,7 @@ pub mod daemon;
 pub mod db;
 pub mod disk;
 pub mod dovecot;
+pub mod metrics;
 pub mod pg;
 pub mod procfs;
 pub mod proxy;
