@@ -131,19 +131,21 @@ async fn run(
 /// Logs failed commits without flooding: the first of a run of failures at
 /// once, then one line per [`FailureLog::EVERY`] saying how many failed
 /// meanwhile (a full disk fails every commit, hundreds a second), and the
-/// recovery.
+/// recovery. A store that flaps (a nearly full disk where small commits
+/// still fit) gets the same allowance: a success does not reopen it.
 #[derive(Default)]
 struct FailureLog {
     last_logged: Option<Instant>,
     unlogged: u64,
-    failing: bool,
+    /// A failure line went out and no recovery line since.
+    announced: bool,
+    last_recovery_logged: Option<Instant>,
 }
 
 impl FailureLog {
     const EVERY: Duration = Duration::from_secs(10);
 
     fn failed(&mut self, why: &str, requests: usize) {
-        self.failing = true;
         if self
             .last_logged
             .is_some_and(|at| at.elapsed() < Self::EVERY)
@@ -159,16 +161,23 @@ impl FailureLog {
         );
         self.last_logged = Some(Instant::now());
         self.unlogged = 0;
+        self.announced = true;
     }
 
     fn committed(&mut self) {
-        if std::mem::take(&mut self.failing) {
+        // Failures counted but not logged still get their recovery line,
+        // at most once per EVERY so that a flapping store stays quiet.
+        let quiet_failures = self.unlogged > 0
+            && self
+                .last_recovery_logged
+                .is_none_or(|at| at.elapsed() >= Self::EVERY);
+        if std::mem::take(&mut self.announced) || quiet_failures {
             tracing::info!(
                 failed_since_last_report = self.unlogged,
                 "commits succeed again"
             );
-            self.last_logged = None;
             self.unlogged = 0;
+            self.last_recovery_logged = Some(Instant::now());
         }
     }
 }
