@@ -5,6 +5,7 @@ mod assign;
 mod batch;
 mod health;
 mod lease;
+mod migrations;
 mod outbox;
 mod timers;
 mod tx;
@@ -170,8 +171,8 @@ impl Store {
 
     pub async fn migrate(&self) -> Result<(), StoreError> {
         match self {
-            Store::Sqlite(pool) => sqlx::migrate!("migrations/sqlite").run(pool).await?,
-            Store::Postgres(pool) => sqlx::migrate!("migrations/postgres").run(pool).await?,
+            Store::Sqlite(pool) => migrations::sqlite().await?.run(pool).await?,
+            Store::Postgres(pool) => migrations::postgres().await?.run(pool).await?,
         }
         Ok(())
     }
