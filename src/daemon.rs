@@ -199,6 +199,13 @@ pub async fn run(config_dir: &Path, config: Config) -> anyhow::Result<()> {
                     pollers.apply(&new).await;
                     outbox.replace(new.notify.clone());
                     tracing::info!(channels = new.channels.len(), "configuration reloaded");
+                    let pending = config.main.changed_until_restart(&new.main);
+                    if !pending.is_empty() {
+                        tracing::warn!(
+                            settings = %pending.join(", "),
+                            "changed settings apply at the next restart (systemctl restart leadgate); the running ones stay"
+                        );
+                    }
                     notifier.notify(&format!("STATUS=reloaded: serving {} channel(s)", new.channels.iter().filter(|c| c.enabled).count()));
                 }
                 Err(e) => {

@@ -328,6 +328,16 @@ async fn sighup_applies_a_valid_config_and_keeps_the_old_one_when_invalid() {
         "new routing applies"
     );
 
+    // Settings a reload cannot apply are named, not silently ignored.
+    cfg.write_main("[instance]\nlease_ttl = \"45s\"\n");
+    daemon.signal(libc::SIGHUP);
+    let restart_line = until_logged(&daemon, "apply at the next restart").await;
+    assert!(
+        restart_line.contains("[instance]") && !restart_line.contains("[http]"),
+        "{restart_line}"
+    );
+    assert_eq!(post("new", "89990000107").await.status(), 200);
+
     // An invalid config is refused; the running one stays.
     cfg.write("routing.toml", "default = \"user:ghost\"\n");
     cfg.write("channels.d/broken.toml", "kind = \"form\"\nbogus = 1\n");
@@ -461,4 +471,15 @@ async fn metrics_count_inbound_leads_commits_and_responses() {
     let lag = support::metrics::value(&text, "leadgate_channel_lag_seconds{channel=\"site\"}")
         .unwrap_or_else(|| panic!("no lag for the site channel in\n{text}"));
     assert!((0.0..5.0).contains(&lag), "lag {lag} s");
+}
+
+/// The first log line containing `needle`, waiting up to 5 s for it.
+async fn until_logged(daemon: &Daemon, needle: &str) -> String {
+    for _ in 0..100 {
+        if let Some(line) = daemon.log_text().lines().find(|l| l.contains(needle)) {
+            return line.to_owned();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no log line with {needle:?}:\n{}", daemon.log_text());
 }

@@ -115,6 +115,28 @@ pub struct MainConfig {
     pub notify: crate::notify::NotifyConfig,
 }
 
+impl MainConfig {
+    /// The settings of `self` (what the daemon started with) that `new`
+    /// changes and a reload cannot apply: the database and its pool, the
+    /// listening socket and its limits, logging, the instance's identity and
+    /// lease, the writer's batch size. Named as in the file.
+    pub fn changed_until_restart(&self, new: &MainConfig) -> Vec<&'static str> {
+        [
+            ("[database]", self.database != new.database),
+            ("[http]", self.http != new.http),
+            ("[log]", self.log != new.log),
+            ("[instance]", self.instance != new.instance),
+            (
+                "pipeline.max_batch",
+                self.pipeline.max_batch != new.pipeline.max_batch,
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(name, changed)| changed.then_some(name))
+        .collect()
+    }
+}
+
 /// Who this instance is when several share one database.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
