@@ -1855,6 +1855,21 @@ fn assert_logged_sparingly(ctx: &str, failures: usize, fault: Duration, report: 
     );
 }
 
+/// Requests refused while the store cannot commit are not each a warning
+/// (hundreds a second would bury the store's own sparing lines): the
+/// warnings naming the store's failure are the pollers' pauses and
+/// retries, far fewer than the 503 answers.
+fn assert_refusals_not_logged_each(ctx: &str, log: &str, refused: u64, report: &str) {
+    let warnings = log
+        .lines()
+        .filter(|l| l.contains(" WARN ") && l.contains("store unavailable"))
+        .count();
+    assert!(
+        warnings < 60 && (warnings as u64) * 4 < refused.max(1),
+        "{ctx}: {warnings} warnings naming the unavailable store for {refused} answers 503\n{report}"
+    );
+}
+
 /// `leadgate status` (or another command): exit code and output, for the
 /// report.
 fn command(cfg: &std::path::Path, args: &[&str]) -> String {
@@ -1985,6 +2000,7 @@ async fn sqlite_disk_full_refuses_with_503_and_recovers_without_loss() {
         daemon.log_text().contains("commits succeed again"),
         "{ctx}: the recovery is not logged\n{report}"
     );
+    assert_refusals_not_logged_each(&ctx, &daemon.log_text(), refused, &report);
     assert_eq!(
         seen.last().map(|(_, s)| *s),
         Some(200),

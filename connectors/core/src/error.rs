@@ -22,6 +22,24 @@ impl SinkError {
     pub fn is_transient(&self) -> bool {
         matches!(self, SinkError::Unavailable(_) | SinkError::ShuttingDown)
     }
+
+    /// Log an item a connector submitted and the sink refused. A store
+    /// outage refuses every request, hundreds a second on a busy site, and
+    /// the store logs its cause itself, sparingly; so a transient refusal
+    /// is a debug line (the sender delivers again), anything else a warning.
+    pub fn log_refused(
+        &self,
+        channel: &impl std::fmt::Display,
+        item: &'static str,
+        source_ref: Option<&str>,
+    ) {
+        let source_ref = source_ref.unwrap_or("-");
+        if self.is_transient() {
+            tracing::debug!(channel = %channel, item, source_ref, error = %self, "not stored; the sender is answered to deliver again");
+        } else {
+            tracing::warn!(channel = %channel, item, source_ref, error = %self, "not stored");
+        }
+    }
 }
 
 /// What stops or pauses a poller. The supervisor asks [`is_transient`] to

@@ -318,7 +318,7 @@ async fn accept(
     inbound.raw = String::from_utf8_lossy(&body).into_owned();
 
     let receipt = state.sink.submit_one(inbound).await.map_err(|e| {
-        tracing::warn!(channel = %channel.id, error = %e, "form post not stored");
+        e.log_refused(&channel.id, "form post", None);
         match e {
             SinkError::UnknownChannel(c) => FormError::UnknownChannel(c),
             SinkError::Unavailable(_) | SinkError::ShuttingDown => FormError::Unavailable,

@@ -200,7 +200,7 @@ async fn accept(
     let parsed = parse_update(&channel.id, policy, &value, raw, Utc::now());
     let source_ref = parsed.inbound.source_ref.clone();
     let receipt = state.sink.submit_one(parsed.inbound).await.map_err(|e| {
-        tracing::warn!(channel = %channel.id, source_ref, error = %e, "telegram update not stored");
+        e.log_refused(&channel.id, "telegram update", Some(&source_ref));
         match e {
             SinkError::UnknownChannel(c) => TelegramError::UnknownChannel(c),
             SinkError::Unavailable(_) | SinkError::ShuttingDown => TelegramError::Unavailable,

@@ -153,10 +153,12 @@ async fn accept(
         Outcome::Store(inbound) => {
             let source_ref = inbound.source_ref.clone();
             let receipt = state.sink.submit_one(*inbound).await.map_err(|e| {
-                tracing::warn!(channel = %channel.id, source_ref, error = %e, "telephony event not stored");
+                e.log_refused(&channel.id, "telephony event", Some(&source_ref));
                 match e {
                     SinkError::UnknownChannel(c) => TelephonyError::UnknownChannel(c),
-                    SinkError::Unavailable(_) | SinkError::ShuttingDown => TelephonyError::Unavailable,
+                    SinkError::Unavailable(_) | SinkError::ShuttingDown => {
+                        TelephonyError::Unavailable
+                    }
                 }
             })?;
             tracing::debug!(

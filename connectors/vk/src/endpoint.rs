@@ -194,7 +194,7 @@ async fn accept(
     }
     let source_ref = parsed.inbound.source_ref.clone();
     let receipt = state.sink.submit_one(parsed.inbound).await.map_err(|e| {
-        tracing::warn!(channel = %vk.id, source_ref, error = %e, "vk event not stored");
+        e.log_refused(&vk.id, "vk event", Some(&source_ref));
         match e {
             SinkError::UnknownChannel(c) => VkError::UnknownChannel(c),
             SinkError::Unavailable(_) | SinkError::ShuttingDown => VkError::Unavailable,
