@@ -19,22 +19,18 @@ use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
 /// One migration file: its name and its text.
 type File = (&'static str, &'static str);
 
-macro_rules! files {
-    ($dir:literal: $($name:literal),+ $(,)?) => {
-        &[$(($name, include_str!(concat!("../../migrations/", $dir, "/", $name)))),+]
+/// Both folders hold the same migrations (one schema, docs/schema.md), so
+/// one list of names gives both.
+macro_rules! migrations {
+    ($($name:literal),+ $(,)?) => {
+        const SQLITE: &[File] =
+            &[$(($name, include_str!(concat!("../../migrations/sqlite/", $name)))),+];
+        const POSTGRES: &[File] =
+            &[$(($name, include_str!(concat!("../../migrations/postgres/", $name)))),+];
     };
 }
 
-const SQLITE: &[File] = files!("sqlite":
-    "0001_initial.sql",
-    "0002_calls.sql",
-    "0003_leases.sql",
-    "0004_assignment_timers.sql",
-    "0005_timer_targets.sql",
-    "0006_notifications.sql",
-);
-
-const POSTGRES: &[File] = files!("postgres":
+migrations!(
     "0001_initial.sql",
     "0002_calls.sql",
     "0003_leases.sql",
