@@ -27,7 +27,10 @@
 //! the daemon's default `full`; `normal` to see what fsync costs),
 //! `LEADGATE_BENCH_PG_URL`,
 //! `LEADGATE_BENCH_DIR` (parent of the temp directory; default the system
-//! temp dir — keep it on a real disk, not tmpfs, or fsync costs nothing).
+//! temp dir — keep it on a real disk, not tmpfs, or fsync costs nothing),
+//! `LEADGATE_BENCH_DAEMON_LOG` (the daemon's log level, default `warn`; e.g.
+//! `warn,sqlx::query=debug` times every statement; each daemon's log is
+//! then kept as `daemon-<pid>.log` in the current directory).
 //!
 //! Workloads (`LEADGATE_BENCH_WORKLOAD`): `forms` (the default: site-form
 //! posts from new contacts, no routing configured), `mango` (signed Mango
@@ -799,6 +802,15 @@ fn proc_status_kb(pid: &str, key: &str) -> Option<u64> {
 
 // ------------------------------------------------------------------- daemon
 
+/// `LEADGATE_BENCH_DAEMON_LOG`: a log level for the daemon, whose log is
+/// then kept.
+fn daemon_log_level() -> Option<&'static str> {
+    static LEVEL: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    LEVEL
+        .get_or_init(|| std::env::var("LEADGATE_BENCH_DAEMON_LOG").ok())
+        .as_deref()
+}
+
 fn free_port() -> anyhow::Result<u16> {
     let l = TcpListener::bind("127.0.0.1:0").context("cannot bind a free loopback port")?;
     Ok(l.local_addr()?.port())
@@ -828,8 +840,9 @@ impl Daemon {
             dir.join("leadgate.toml"),
             format!(
                 "[database]\nurl = \"{db_url}\"\n{}\n[http]\nlisten = \"{addr}\"\n\n\
-                 [log]\nformat = \"plain\"\nlevel = \"warn\"\n{}",
+                 [log]\nformat = \"plain\"\nlevel = \"{}\"\n{}",
                 sync.map_or(String::new(), |s| format!("sqlite_synchronous = \"{s}\"\n")),
+                daemon_log_level().unwrap_or("warn"),
                 notifier.map_or(String::new(), |url| format!(
                     "\n[notify]\n[notify.telegram]\ntoken_file = \"notifier.token\"\napi_url = \"{url}\"\n"
                 ))
@@ -963,6 +976,13 @@ impl Drop for Daemon {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        if daemon_log_level().is_some() {
+            let kept = format!("daemon-{}.log", self.pid);
+            match std::fs::copy(&self.log, &kept) {
+                Ok(_) => eprintln!("daemon log kept as {kept}"),
+                Err(e) => eprintln!("cannot keep the daemon log as {kept}: {e}"),
+            }
         }
     }
 }

@@ -103,6 +103,7 @@ async fn run(
     health: &WriterHealth,
 ) {
     let mut log = FailureLog::default();
+    let mut conn = WriterConnection::default();
     loop {
         let first = match tokio::time::timeout(IDLE_TURN, rx.recv()).await {
             Ok(Some(first)) => first,
@@ -123,7 +124,7 @@ async fn run(
                 Err(_) => break,
             }
         }
-        commit(&store, batch, health, &mut log).await;
+        commit(&store, &mut conn, batch, health, &mut log).await;
     }
     tracing::debug!("writer drained and stopped");
 }
@@ -184,12 +185,13 @@ impl FailureLog {
 
 async fn commit(
     store: &Store,
+    conn: &mut WriterConnection,
     batch: Vec<WriteRequest>,
     health: &WriterHealth,
     log: &mut FailureLog,
 ) {
     let started = std::time::Instant::now();
-    match write_all(store, &batch).await {
+    match write_all(store, conn, &batch).await {
         Ok(receipts) => {
             let items = batch.iter().map(|r| r.items.len()).sum();
             crate::metrics::commit(items, started.elapsed().as_secs_f64(), true);
@@ -205,7 +207,7 @@ async fn commit(
             // another instance): commit the others without it.
             tracing::warn!(error = %e, "batch failed; retrying its requests one by one");
             for req in batch {
-                let result = write_all(store, std::slice::from_ref(&req)).await;
+                let result = write_all(store, conn, std::slice::from_ref(&req)).await;
                 crate::metrics::commit(
                     req.items.len(),
                     started.elapsed().as_secs_f64(),
@@ -414,33 +416,66 @@ fn on_read_only_mount(file: &std::path::Path) -> bool {
 /// within two deadlines, under the 5 s a webhook sender waits.
 const POSTGRES_COMMIT_DEADLINE: std::time::Duration = std::time::Duration::from_secs(2);
 
-async fn write_all(store: &Store, batch: &[WriteRequest]) -> sqlx::Result<Vec<Vec<Receipt>>> {
-    if let Store::Postgres(_) = store {
-        return tokio::time::timeout(POSTGRES_COMMIT_DEADLINE, write_unbounded(store, batch))
-            .await
-            .unwrap_or_else(|_| {
-                Err(sqlx::Error::Io(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!(
-                        "PostgreSQL did not confirm the commit within {} s",
-                        POSTGRES_COMMIT_DEADLINE.as_secs()
-                    ),
-                )))
-            });
-    }
-    write_unbounded(store, batch).await
+/// The writer's own SQLite connection, outside the pool and kept from one
+/// commit to the next.
+///
+/// Taken from the pool for each commit, the writer got whichever connection
+/// was idle: each BEGIN then found the database changed by another
+/// connection, so SQLite dropped that connection's page cache and read the
+/// indexes' pages again, and each statement was prepared once per
+/// connection; acquiring and releasing cost two more round trips to the
+/// connection's thread. Outside the pool it takes none of the connections
+/// the rest of the daemon shares (`max_connections` may be 1). A connection
+/// whose failed transaction cannot be rolled back is closed, and the next
+/// commit opens another.
+#[derive(Default)]
+struct WriterConnection {
+    sqlite: Option<sqlx::SqliteConnection>,
 }
 
-async fn write_unbounded(store: &Store, batch: &[WriteRequest]) -> sqlx::Result<Vec<Vec<Receipt>>> {
+async fn write_all(
+    store: &Store,
+    conn: &mut WriterConnection,
+    batch: &[WriteRequest],
+) -> sqlx::Result<Vec<Vec<Receipt>>> {
+    if let Store::Postgres(_) = store {
+        return tokio::time::timeout(
+            POSTGRES_COMMIT_DEADLINE,
+            write_unbounded(store, conn, batch),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "PostgreSQL did not confirm the commit within {} s",
+                    POSTGRES_COMMIT_DEADLINE.as_secs()
+                ),
+            )))
+        });
+    }
+    write_unbounded(store, conn, batch).await
+}
+
+async fn write_unbounded(
+    store: &Store,
+    conn: &mut WriterConnection,
+    batch: &[WriteRequest],
+) -> sqlx::Result<Vec<Vec<Receipt>>> {
     match store {
-        // IMMEDIATE: take SQLite's write lock up front, so the ids the
-        // transaction allocates stay free and no other writer makes it
-        // fail half-way with a stale snapshot.
         Store::Sqlite(pool) => {
-            let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-            let receipts = write_in(&mut *tx, batch).await?;
-            tx.commit().await?;
-            Ok(receipts)
+            let held = match &mut conn.sqlite {
+                Some(held) => held,
+                None => {
+                    use sqlx::ConnectOptions;
+                    conn.sqlite.insert(pool.connect_options().connect().await?)
+                }
+            };
+            let result = write_sqlite(held, batch).await;
+            if result.is_err() && !super::settled(held).await.unwrap_or(false) {
+                conn.sqlite = None;
+            }
+            result
         }
         Store::Postgres(pool) => {
             let mut tx = pool.begin().await?;
@@ -449,6 +484,20 @@ async fn write_unbounded(store: &Store, batch: &[WriteRequest]) -> sqlx::Result<
             Ok(receipts)
         }
     }
+}
+
+async fn write_sqlite(
+    conn: &mut sqlx::SqliteConnection,
+    batch: &[WriteRequest],
+) -> sqlx::Result<Vec<Vec<Receipt>>> {
+    use sqlx::Connection;
+    // IMMEDIATE: take SQLite's write lock up front, so the ids the
+    // transaction allocates stay free and no other writer makes it fail
+    // half-way with a stale snapshot.
+    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+    let receipts = write_in(&mut *tx, batch).await?;
+    tx.commit().await?;
+    Ok(receipts)
 }
 
 async fn write_in<T: Tx>(tx: &mut T, batch: &[WriteRequest]) -> sqlx::Result<Vec<Vec<Receipt>>> {
