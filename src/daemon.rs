@@ -185,12 +185,23 @@ pub async fn run(config_dir: &Path, config: Config) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
+    let mut log_level = config.main.log.level.clone();
     loop {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = hup.recv() => match config::load(config_dir) {
                 Ok(new) => {
+                    // First, so that this reload's own lines follow it.
+                    if new.main.log.level != log_level {
+                        match crate::logging::set_level(&new.main.log.level) {
+                            Ok(()) => {
+                                log_level = new.main.log.level.clone();
+                                tracing::info!(level = %log_level, "log level changed");
+                            }
+                            Err(e) => tracing::warn!(error = %e, level = %new.main.log.level, "log level not changed"),
+                        }
+                    }
                     pipeline.replace_settings(PipelineSettings::from_config(&new));
                     forms.set_channels(form_channels(&new));
                     telephony.set_channels(telephony_channels(&new));

@@ -258,7 +258,8 @@ async fn sighup_applies_a_valid_config_and_keeps_the_old_one_when_invalid() {
         ),
     ];
     let cfg = TestConfig::new(None, channels, TEAM, "default = \"user:olga\"\n");
-    let daemon = Daemon::start(&cfg);
+    // RUST_LOG would win over [log] level, which this test reloads.
+    let daemon = Daemon::start_with_env(&cfg, &[("RUST_LOG", "")]);
     let client = reqwest::Client::new();
     let post = |channel: &'static str, phone: &'static str| {
         let (client, base) = (client.clone(), cfg.base_url());
@@ -337,6 +338,38 @@ async fn sighup_applies_a_valid_config_and_keeps_the_old_one_when_invalid() {
         "{restart_line}"
     );
     assert_eq!(post("new", "89990000107").await.status(), 200);
+
+    // The log level applies at once, before the reload's own lines: at
+    // `warn` its info line is gone while its warning (an explicit format
+    // is a start-only change) is there; back at `info` it is logged again.
+    let reloaded = || daemon.log_text().matches("configuration reloaded").count();
+    let with_log = |log: &str| {
+        format!(
+            "[database]\nurl = \"{}\"\nacquire_timeout = \"1s\"\n[http]\nlisten = \"127.0.0.1:{}\"\n\
+             [instance]\nlease_ttl = \"45s\"\n[log]\n{log}\n",
+            cfg.db_url, cfg.port
+        )
+    };
+    let before = reloaded();
+    cfg.write(
+        "leadgate.toml",
+        &with_log("level = \"warn\"\nformat = \"plain\""),
+    );
+    daemon.signal(libc::SIGHUP);
+    let format_line = until_logged(&daemon, "[log] format").await;
+    assert!(format_line.contains("[instance]"), "{format_line}");
+    assert_eq!(reloaded(), before, "an info line passed the warn level");
+    cfg.write("leadgate.toml", &with_log("level = \"info\""));
+    daemon.signal(libc::SIGHUP);
+    for _ in 0..100 {
+        if reloaded() > before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = daemon.log_text();
+    assert_eq!(reloaded(), before + 1, "{log}");
+    assert_eq!(log.matches("log level changed").count(), 1, "{log}");
 
     // An invalid config is refused; the running one stays.
     cfg.write("routing.toml", "default = \"user:ghost\"\n");

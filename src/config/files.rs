@@ -287,6 +287,16 @@ fn load_main(l: &mut Loader, path: &Path) -> Option<MainConfig> {
             ),
         );
     }
+    if let Err(e) = crate::logging::check_level(&main.log.level) {
+        l.problem(
+            path,
+            Some("log.level"),
+            format!(
+                "{:?} is not a log filter (e.g. info, or leadgate=debug,info): {e}",
+                main.log.level
+            ),
+        );
+    }
     if main.instance.lease_ttl.0 < std::time::Duration::from_secs(1) {
         l.problem(
             path,

@@ -124,7 +124,7 @@ impl MainConfig {
         [
             ("[database]", self.database != new.database),
             ("[http]", self.http != new.http),
-            ("[log]", self.log != new.log),
+            ("[log] format", self.log.format != new.log.format),
             ("[instance]", self.instance != new.instance),
             (
                 "pipeline.max_batch",
@@ -448,5 +448,31 @@ mod tests {
                 .starts_with("`url_file`: cannot read")
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_log_level_that_is_no_filter_is_a_problem_naming_the_field() {
+        let dir = std::env::temp_dir().join(format!("leadgate-log-level-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("leadgate.toml"),
+            "[log]\nlevel = \"leadgate=loud\"\n",
+        )
+        .unwrap();
+        let problems = load(&dir).unwrap_err().problems;
+        std::fs::write(
+            dir.join("leadgate.toml"),
+            "[log]\nlevel = \"leadgate=debug,info\"\n",
+        )
+        .unwrap();
+        let accepted = load(&dir);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].field.as_deref(), Some("log.level"));
+        assert!(
+            problems[0].message.contains("leadgate=loud"),
+            "{problems:?}"
+        );
+        assert!(accepted.is_ok(), "{:?}", accepted.err().map(|e| e.problems));
     }
 }
