@@ -5,6 +5,7 @@ mod assign;
 mod batch;
 mod health;
 mod lease;
+mod log_flush;
 mod migrations;
 mod outbox;
 mod timers;

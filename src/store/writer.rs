@@ -18,6 +18,7 @@ use super::Store;
 use super::assign::Assignment;
 use super::batch::{Applied, TxState, apply_all};
 use super::health::{IDLE_TURN, WriterHealth};
+use super::log_flush::{LogFlusher, Reply};
 use super::tx::{NewInbound, NewLead, StoredCall, Tx};
 use crate::calls::CallRecord;
 use crate::pipeline::Prepared;
@@ -26,7 +27,7 @@ struct WriteRequest {
     channel: Option<ChannelId>,
     items: Vec<Prepared>,
     cursor: Option<CursorUpdate>,
-    reply: oneshot::Sender<Result<Vec<Receipt>, SinkError>>,
+    reply: Reply,
 }
 
 /// How connectors' items reach the writer.
@@ -79,7 +80,7 @@ pub fn spawn(store: Store, max_batch: usize) -> (WriterHandle, tokio::task::Join
                 .enable_all()
                 .build()
             {
-                Ok(runtime) => runtime.block_on(run(store, rx, max_batch.max(1), &recorder)),
+                Ok(runtime) => runtime.block_on(run(store, rx, max_batch.max(1), recorder.clone())),
                 // Dropping `rx` makes every write fail with ShuttingDown, so
                 // the daemon stops instead of accepting what it cannot store.
                 Err(e) => tracing::error!(error = %e, "cannot start the writer's runtime"),
@@ -100,10 +101,15 @@ async fn run(
     store: Store,
     mut rx: mpsc::Receiver<WriteRequest>,
     max_batch: usize,
-    health: &WriterHealth,
+    health: Arc<WriterHealth>,
 ) {
     let mut log = FailureLog::default();
-    let mut conn = WriterConnection::default();
+    let mut conn = WriterConnection {
+        sqlite: None,
+        flusher: None,
+        health: health.clone(),
+    };
+    let health = &*health;
     loop {
         let first = match tokio::time::timeout(IDLE_TURN, rx.recv()).await {
             Ok(Some(first)) => first,
@@ -197,10 +203,15 @@ async fn commit(
             crate::metrics::commit(items, started.elapsed().as_secs_f64(), true);
             health.committed();
             log.committed();
-            for (req, r) in batch.into_iter().zip(receipts) {
-                count(&req, &r);
-                let _ = req.reply.send(Ok(r));
-            }
+            let answers = batch
+                .into_iter()
+                .zip(receipts)
+                .map(|(req, r)| {
+                    count(&req, &r);
+                    (req.reply, r)
+                })
+                .collect();
+            conn.acknowledge(answers);
         }
         Err(e) if batch.len() > 1 && !is_unavailable(&e) => {
             // One request broke the transaction (a constraint, a race with
@@ -227,10 +238,12 @@ async fn commit(
                     }
                     Err(e) => tracing::warn!(error = %e, "one request failed; not acknowledged"),
                 }
-                let result = result
-                    .map(|mut r| r.remove(0))
-                    .map_err(|e| unavailable(store, &e));
-                let _ = req.reply.send(result);
+                match result {
+                    Ok(mut r) => conn.acknowledge(vec![(req.reply, r.remove(0))]),
+                    Err(e) => {
+                        let _ = req.reply.send(Err(unavailable(store, &e)));
+                    }
+                }
             }
         }
         Err(e) => {
@@ -428,9 +441,74 @@ const POSTGRES_COMMIT_DEADLINE: std::time::Duration = std::time::Duration::from_
 /// the rest of the daemon shares (`max_connections` may be 1). A connection
 /// whose failed transaction cannot be rolled back is closed, and the next
 /// commit opens another.
-#[derive(Default)]
+///
+/// Under `synchronous = FULL` the connection itself commits with `NORMAL`
+/// and a [`LogFlusher`] syncs the log before the answers go out, so the
+/// writer runs its next transaction while the disk works.
 struct WriterConnection {
     sqlite: Option<sqlx::SqliteConnection>,
+    flusher: Option<LogFlusher>,
+    health: Arc<WriterHealth>,
+}
+
+impl WriterConnection {
+    /// Answers committed requests: at once, or once the log is synced.
+    fn acknowledge(&self, answers: Vec<(Reply, Vec<Receipt>)>) {
+        match &self.flusher {
+            Some(flusher) => flusher.acknowledge(answers),
+            None => {
+                for (reply, receipts) in answers {
+                    let _ = reply.send(Ok(receipts));
+                }
+            }
+        }
+    }
+
+    async fn open_sqlite(
+        &mut self,
+        pool: &sqlx::SqlitePool,
+    ) -> sqlx::Result<sqlx::SqliteConnection> {
+        use sqlx::ConnectOptions;
+        let mut opened = pool.connect_options().connect().await?;
+        let journal: String = sqlx::query_scalar("PRAGMA journal_mode")
+            .fetch_one(&mut opened)
+            .await?;
+        let synchronous: i64 = sqlx::query_scalar("PRAGMA synchronous")
+            .fetch_one(&mut opened)
+            .await?;
+        let file: String =
+            sqlx::query_scalar("SELECT file FROM pragma_database_list WHERE name = 'main'")
+                .fetch_one(&mut opened)
+                .await?;
+        // FULL (2) or EXTRA (3) on a database file in WAL mode; an
+        // in-memory database has no log to sync.
+        if journal.eq_ignore_ascii_case("wal") && synchronous >= 2 && !file.is_empty() {
+            if self.flusher.is_none() {
+                let log = std::path::PathBuf::from(format!("{file}-wal"));
+                self.flusher =
+                    Some(LogFlusher::start(log, self.health.clone()).map_err(sqlx::Error::Io)?);
+            }
+            sqlx::query("PRAGMA synchronous = NORMAL")
+                .execute(&mut opened)
+                .await?;
+        }
+        Ok(opened)
+    }
+}
+
+/// After a failed sync of the log: copy it into the database file and
+/// empty it before anything else is committed (see `log_flush`).
+async fn recover_log(conn: &mut sqlx::SqliteConnection) -> sqlx::Result<()> {
+    let (busy, _, _): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)")
+        .fetch_one(&mut *conn)
+        .await?;
+    if busy != 0 {
+        return Err(sqlx::Error::Io(std::io::Error::other(
+            "a sync of the SQLite log failed and the log could not be copied into the \
+             database yet (readers hold it); nothing is acknowledged meanwhile",
+        )));
+    }
+    Ok(())
 }
 
 async fn write_all(
@@ -464,16 +542,22 @@ async fn write_unbounded(
 ) -> sqlx::Result<Vec<Vec<Receipt>>> {
     match store {
         Store::Sqlite(pool) => {
-            let held = match &mut conn.sqlite {
+            let mut held = match conn.sqlite.take() {
                 Some(held) => held,
-                None => {
-                    use sqlx::ConnectOptions;
-                    conn.sqlite.insert(pool.connect_options().connect().await?)
-                }
+                None => conn.open_sqlite(pool).await?,
             };
-            let result = write_sqlite(held, batch).await;
-            if result.is_err() && !super::settled(held).await.unwrap_or(false) {
-                conn.sqlite = None;
+            let result = match &conn.flusher {
+                Some(flusher) if flusher.needs_recovery() => match recover_log(&mut held).await {
+                    Ok(()) => {
+                        flusher.recovered();
+                        write_sqlite(&mut held, batch).await
+                    }
+                    Err(e) => Err(e),
+                },
+                _ => write_sqlite(&mut held, batch).await,
+            };
+            if result.is_ok() || super::settled(&mut held).await.unwrap_or(false) {
+                conn.sqlite = Some(held);
             }
             result
         }
