@@ -56,6 +56,9 @@ pub(super) struct LogFlusher {
     queue: Option<mpsc::Sender<Committed>>,
     thread: Option<std::thread::JoinHandle<()>>,
     generations: Arc<Generations>,
+    /// Commits handed over, and (from the thread) commits answered.
+    handed: AtomicU64,
+    answered: tokio::sync::watch::Receiver<u64>,
 }
 
 impl LogFlusher {
@@ -64,13 +67,16 @@ impl LogFlusher {
         let (queue, committed) = mpsc::channel();
         let generations = Arc::new(Generations::default());
         let shared = generations.clone();
+        let (answered_tx, answered) = tokio::sync::watch::channel(0);
         let thread = std::thread::Builder::new()
             .name("leadgate-logsync".into())
-            .spawn(move || run(&log, committed, &shared, &health))?;
+            .spawn(move || run(&log, committed, &shared, &health, &answered_tx))?;
         Ok(LogFlusher {
             queue: Some(queue),
             thread: Some(thread),
             generations,
+            handed: AtomicU64::new(0),
+            answered,
         })
     }
 
@@ -83,11 +89,27 @@ impl LogFlusher {
         let Some(queue) = &self.queue else {
             return refuse(committed.answers, "the writer is stopping");
         };
+        self.handed.fetch_add(1, Ordering::AcqRel);
         if let Err(mpsc::SendError(committed)) = queue.send(committed) {
             refuse(
                 committed.answers,
                 "the thread that syncs the SQLite log has stopped",
             );
+        }
+    }
+
+    /// Whether commits handed over wait for a sync.
+    pub(super) fn syncing(&self) -> bool {
+        *self.answered.borrow() < self.handed.load(Ordering::Acquire)
+    }
+
+    /// Resolves once every commit handed over so far is answered.
+    pub(super) fn synced(&self) -> impl Future<Output = ()> + use<> {
+        let handed = self.handed.load(Ordering::Acquire);
+        let mut answered = self.answered.clone();
+        async move {
+            // An error means the thread is gone: nothing left to wait for.
+            let _ = answered.wait_for(|a| *a >= handed).await;
         }
     }
 
@@ -122,11 +144,13 @@ fn run(
     committed: mpsc::Receiver<Committed>,
     generations: &Generations,
     health: &WriterHealth,
+    answered: &tokio::sync::watch::Sender<u64>,
 ) {
     let mut file: Option<(File, u64, u64)> = None;
     while let Ok(first) = committed.recv() {
         let mut pending = vec![first];
         pending.extend(committed.try_iter());
+        let count = pending.len() as u64;
         // Read before syncing: a failure the writer already recovered
         // from must not spare commits made before that recovery.
         let poisoned_below = generations.poisoned_below.load(Ordering::Acquire);
@@ -166,6 +190,7 @@ fn run(
                 }
             }
         }
+        answered.send_modify(|a| *a += count);
     }
 }
 
@@ -243,12 +268,18 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn answers_handed_over_before_a_stop_are_all_given() {
+    async fn every_answer_handed_over_is_given_after_a_sync_and_on_stop() {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("leads.db-wal");
         std::fs::write(&log, b"frames").unwrap();
         let flusher = LogFlusher::start(log, Arc::new(WriterHealth::default())).unwrap();
         let answers: Vec<_> = (0..100).map(|_| answer(&flusher)).collect();
+        flusher.synced().await;
+        assert!(!flusher.syncing());
+        let answers: Vec<_> = answers
+            .into_iter()
+            .chain((0..100).map(|_| answer(&flusher)))
+            .collect();
         drop(flusher);
         for a in answers {
             assert!(a.await.unwrap().is_ok());

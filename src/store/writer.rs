@@ -121,18 +121,52 @@ async fn run(
         };
         let mut items = first.items.len();
         let mut batch = vec![first];
-        while items < max_batch {
-            match rx.try_recv() {
-                Ok(next) => {
-                    items += next.items.len();
-                    batch.push(next);
+        take_queued(&mut rx, &mut batch, &mut items, max_batch);
+        // A small batch committed while the last one's sync runs would
+        // be answered only after the next sync anyway; committing it then
+        // costs the log its hot pages again (and a checkpoint sooner). So
+        // it waits for that sync, collecting what arrives meanwhile. A
+        // batch this size or larger goes at once: under load the disk syncs
+        // one batch while the next is written.
+        if let Some(flusher) = &conn.flusher {
+            while items < COMMIT_DURING_SYNC && flusher.syncing() {
+                tokio::select! {
+                    () = flusher.synced() => break,
+                    next = rx.recv() => match next {
+                        Some(next) => {
+                            items += next.items.len();
+                            batch.push(next);
+                        }
+                        None => break,
+                    },
                 }
-                Err(_) => break,
             }
+            take_queued(&mut rx, &mut batch, &mut items, max_batch);
         }
         commit(&store, &mut conn, batch, health, &mut log).await;
     }
     tracing::debug!("writer drained and stopped");
+}
+
+/// Items that make a batch worth committing while the previous one's
+/// sync is still running (see `run`).
+const COMMIT_DURING_SYNC: usize = 16;
+
+fn take_queued(
+    rx: &mut mpsc::Receiver<WriteRequest>,
+    batch: &mut Vec<WriteRequest>,
+    items: &mut usize,
+    max_batch: usize,
+) {
+    while *items < max_batch {
+        match rx.try_recv() {
+            Ok(next) => {
+                *items += next.items.len();
+                batch.push(next);
+            }
+            Err(_) => break,
+        }
+    }
 }
 
 /// Logs failed commits without flooding: the first of a run of failures at
