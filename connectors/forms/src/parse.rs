@@ -167,29 +167,83 @@ fn parse_json(body: &[u8]) -> Result<ParsedBody, FormError> {
     let serde_json::Value::Object(map) = value else {
         return Err(FormError::JsonNotObject);
     };
-    if map.len() > MAX_FIELDS {
-        return Err(FormError::TooManyFields);
+    let mut fields = Vec::new();
+    if !flatten_json("", &map, 0, &mut fields) {
+        // Too many values once unnested: keep the top level as it is.
+        if map.len() > MAX_FIELDS {
+            return Err(FormError::TooManyFields);
+        }
+        fields = map
+            .into_iter()
+            .filter_map(|(name, value)| Some((name, json_text(value)?)))
+            .collect();
     }
-    let fields = map
-        .into_iter()
-        .filter_map(|(name, value)| {
-            let value = match value {
-                serde_json::Value::Null => return None,
-                serde_json::Value::String(s) => s,
-                serde_json::Value::Bool(b) => b.to_string(),
-                serde_json::Value::Number(n) => n.to_string(),
-                // Checkbox groups and nested blocks: keep them readable.
-                other @ (serde_json::Value::Array(_) | serde_json::Value::Object(_)) => {
-                    other.to_string()
-                }
-            };
-            Some((name, value))
-        })
-        .collect();
     Ok(ParsedBody {
         fields,
         attachments: Vec::new(),
     })
+}
+
+/// Builders that post JSON nest the answers (Webflow's `data`, Marquiz's
+/// `contacts`, UTM tags under `utm`): an object's values become fields
+/// named by their path (`data.Email`), which the mapping reads by their
+/// last keys. Lists of plain values (checkbox groups) and lists of objects
+/// (a quiz's answers) stay one readable field. False when the body holds
+/// more than [`MAX_FIELDS`] values or nests deeper than a form would.
+fn flatten_json(
+    prefix: &str,
+    map: &serde_json::Map<String, serde_json::Value>,
+    depth: usize,
+    out: &mut Vec<(String, String)>,
+) -> bool {
+    const MAX_DEPTH: usize = 8;
+    for (key, value) in map {
+        let name = match prefix {
+            "" => key.clone(),
+            _ => format!("{prefix}.{key}"),
+        };
+        match value {
+            serde_json::Value::Object(inner) if depth < MAX_DEPTH => {
+                if !flatten_json(&name, inner, depth + 1, out) {
+                    return false;
+                }
+            }
+            serde_json::Value::Object(_) => return false,
+            other => {
+                if let Some(text) = json_text(other.clone()) {
+                    if out.len() == MAX_FIELDS {
+                        return false;
+                    }
+                    out.push((name, text));
+                }
+            }
+        }
+    }
+    true
+}
+
+/// A JSON value as a form field's text; `null` is no field.
+fn json_text(value: serde_json::Value) -> Option<String> {
+    Some(match value {
+        serde_json::Value::Null => return None,
+        serde_json::Value::String(s) => s,
+        serde_json::Value::Bool(b) => b.to_string(),
+        serde_json::Value::Number(n) => n.to_string(),
+        serde_json::Value::Array(items) if items.iter().all(is_plain) => items
+            .into_iter()
+            .filter_map(json_text)
+            .collect::<Vec<_>>()
+            .join(", "),
+        // Nested blocks: keep them readable.
+        other @ (serde_json::Value::Array(_) | serde_json::Value::Object(_)) => other.to_string(),
+    })
+}
+
+fn is_plain(value: &serde_json::Value) -> bool {
+    !matches!(
+        value,
+        serde_json::Value::Array(_) | serde_json::Value::Object(_)
+    )
 }
 
 async fn parse_multipart(body: &[u8], boundary: String) -> Result<ParsedBody, FormError> {
@@ -248,9 +302,49 @@ mod tests {
                 ("age".into(), "3".into()),
                 ("name".into(), "A".into()),
                 ("ok".into(), "true".into()),
-                ("tags".into(), "[\"x\",\"y\"]".into()),
+                ("tags".into(), "x, y".into()),
             ]
         );
+    }
+
+    #[tokio::test]
+    async fn nested_json_objects_become_fields_named_by_their_path() {
+        let body = r#"{"payload":{"name":"Contact","data":{"Email":"a@b.ru","Phone":"8999"}},
+            "answers":[{"q":"Кухня?","a":"Угловая"}],"extra":{"utm":{"source":"ya"}}}"#;
+        let parsed = parse_body(Some("application/json"), body.as_bytes())
+            .await
+            .unwrap();
+        assert_eq!(
+            parsed.fields,
+            vec![
+                ("answers".into(), r#"[{"a":"Угловая","q":"Кухня?"}]"#.into()),
+                ("extra.utm.source".into(), "ya".into()),
+                ("payload.data.Email".into(), "a@b.ru".into()),
+                ("payload.data.Phone".into(), "8999".into()),
+                ("payload.name".into(), "Contact".into()),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn json_too_wide_or_deep_to_unnest_keeps_its_top_level() {
+        let wide: serde_json::Map<String, serde_json::Value> = (0..MAX_FIELDS + 1)
+            .map(|i| (format!("f{i}"), serde_json::Value::from(i)))
+            .collect();
+        let body = serde_json::json!({"phone": "8999", "rest": wide}).to_string();
+        let parsed = parse_body(Some("application/json"), body.as_bytes())
+            .await
+            .unwrap();
+        assert_eq!(parsed.fields.len(), 2);
+        assert_eq!(parsed.fields[0], ("phone".into(), "8999".into()));
+
+        let deep = (0..20).fold(serde_json::json!("x"), |v, _| serde_json::json!({ "a": v }));
+        let body = serde_json::json!({"email": "a@b.ru", "deep": deep}).to_string();
+        let parsed = parse_body(Some("application/json"), body.as_bytes())
+            .await
+            .unwrap();
+        assert_eq!(parsed.fields.len(), 2);
+        assert_eq!(parsed.fields[1], ("email".into(), "a@b.ru".into()));
     }
 
     #[tokio::test]
