@@ -167,3 +167,142 @@ async fn forms_corpus_on_postgres() {
     let Some(pg) = pg::server() else { return };
     replay(TestConfig::corpus(Some(pg.create_database()))).await;
 }
+
+/// Bodies shaped like those of common form builders (the shapes their
+/// documentation and plugins post), through the real endpoint: each makes
+/// one lead with the sender's name, normalized phone and e-mail, and the
+/// builder's UTM tags and custom answers kept.
+#[tokio::test(flavor = "multi_thread")]
+async fn form_builder_payloads_become_leads() {
+    enum Body {
+        Form(&'static [(&'static str, &'static str)]),
+        Json(Value),
+    }
+    let cases = [
+        (
+            // Elementor's webhook action with "advanced data"
+            "Elementor",
+            Body::Form(&[
+                ("form[id]", "3b2f1c"),
+                ("form[name]", "Кухни"),
+                ("fields[name][id]", "name"),
+                ("fields[name][type]", "text"),
+                ("fields[name][title]", "Имя"),
+                ("fields[name][value]", "Ия Петрова"),
+                ("fields[name][raw_value]", "Ия Петрова"),
+                ("fields[email][title]", "Email"),
+                ("fields[email][value]", "Iya.Petrova@Example.RU"),
+                ("fields[phone][value]", "8 (999) 321-00-11"),
+                ("fields[field_7c1a2b][title]", "Кухня"),
+                ("fields[field_7c1a2b][value]", "угловая"),
+                ("meta[page_url][title]", "Page URL"),
+                (
+                    "meta[page_url][value]",
+                    "https://site.example/kitchen?utm_source=vk",
+                ),
+            ]),
+            ["Ия Петрова", "+79993210011", "iya.petrova@example.ru", "vk"],
+            ("fields[field_7c1a2b][value]", "угловая"),
+        ),
+        (
+            "Contact Form 7",
+            Body::Form(&[
+                ("your-name", "Oleg Sidorov"),
+                ("your-email", "oleg@example.com"),
+                ("tel-435", "89992223344"),
+                ("menu-812", "Угловая"),
+                ("your-message", "Call me"),
+                ("utm_source", "google"),
+            ]),
+            ["Oleg Sidorov", "+79992223344", "oleg@example.com", "google"],
+            ("menu-812", "Угловая"),
+        ),
+        (
+            "names in parts",
+            Body::Form(&[
+                ("firstname", "Ann"),
+                ("lastname", "Lee"),
+                ("mobilephone", "+7 999 555-66-77"),
+                ("email", "ann@lee.example"),
+                ("utm[source]", "newsletter"),
+                ("company", "Lee & Co"),
+            ]),
+            ["Ann Lee", "+79995556677", "ann@lee.example", "newsletter"],
+            ("company", "Lee & Co"),
+        ),
+        (
+            "Webflow",
+            Body::Json(json!({
+                "triggerType": "form_submission",
+                "payload": {
+                    "name": "Contact Form",
+                    "siteId": "65f0c1",
+                    "data": {"Name": "Вера Орлова", "Email": "vera@orlova.example",
+                             "Phone": "+7 (999) 444-55-66", "Message": "Перезвоните",
+                             "Kitchen": "прямая"},
+                    "submittedAt": "2026-11-24T10:00:00.000Z",
+                    "id": "6321a",
+                    "formId": "6321b",
+                    "utm_source": "yandex"
+                }
+            })),
+            [
+                "Вера Орлова",
+                "+79994445566",
+                "vera@orlova.example",
+                "yandex",
+            ],
+            ("payload.data.Kitchen", "прямая"),
+        ),
+        (
+            "Marquiz",
+            Body::Json(json!({
+                "answers": [{"q": "Какая кухня?", "a": "Угловая"}],
+                "contacts": {"name": "Пётр", "phone": "8 999 777 88 99", "email": "petr@example.ru"},
+                "quiz": {"id": "5f1", "name": "Кухни на заказ"},
+                "extra": {"href": "https://kitchen.example/quiz", "utm": {"source": "vk_ads"}},
+                "created": "2026-11-24T10:00:00Z"
+            })),
+            ["Пётр", "+79997778899", "petr@example.ru", "vk_ads"],
+            ("answers", r#"[{"a":"Угловая","q":"Какая кухня?"}]"#),
+        ),
+    ];
+
+    let cfg = TestConfig::corpus(None);
+    let daemon = Daemon::start(&cfg);
+    let client = reqwest::Client::new();
+    let db = Db::open(&cfg.db_url).await;
+    let url = format!("{}/forms/site", cfg.base_url());
+    let count = cases.len();
+    for (builder, body, [name, phone, email, utm_source], (custom, answer)) in cases {
+        let request = match body {
+            Body::Form(pairs) => client.post(&url).form(pairs),
+            Body::Json(value) => client.post(&url).json(&value),
+        };
+        let resp = request.send().await.unwrap();
+        let status = resp.status();
+        let reply: Value = resp.json().await.unwrap();
+        assert_eq!(status, 200, "{builder}: {reply}");
+        assert_eq!(reply["disposition"], "lead_created", "{builder}: {reply}");
+        let lead = db
+            .row(
+                "SELECT name, phone, email, utm_source, CAST(fields AS TEXT) AS fields \
+                 FROM leads WHERE id = $1",
+                reply["lead_id"].as_i64().expect("lead id"),
+            )
+            .await
+            .expect("lead row");
+        assert_eq!(lead["name"].as_deref(), Some(name), "{builder}");
+        assert_eq!(lead["phone"].as_deref(), Some(phone), "{builder}");
+        assert_eq!(lead["email"].as_deref(), Some(email), "{builder}");
+        assert_eq!(lead["utm_source"].as_deref(), Some(utm_source), "{builder}");
+        let fields: Value = serde_json::from_str(lead["fields"].as_deref().unwrap()).unwrap();
+        assert_eq!(fields[custom], answer, "{builder}: {fields}");
+    }
+    assert_eq!(
+        db.int("SELECT COUNT(*) FROM leads", None).await,
+        count as i64
+    );
+    drop(daemon);
+    db.close().await;
+}
