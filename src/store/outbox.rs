@@ -51,6 +51,12 @@ impl Store {
     /// SQLite's write lock once while the writer is busy. A row another
     /// sender claimed meanwhile fails the repeated due condition and is
     /// left to it.
+    ///
+    /// Whether anything is due is read first: an UPDATE takes SQLite's
+    /// one write lock even when it matches nothing, and the deliverer
+    /// polls every second whether or not notifications are configured, so
+    /// an idle outbox would otherwise queue behind the writer under load
+    /// (and make the writer's next commit wait for it).
     pub async fn claim_due_notifications(
         &self,
         now: DateTime<Utc>,
@@ -59,6 +65,16 @@ impl Store {
     ) -> Result<Vec<OutboxRow>, StoreError> {
         const DUE: &str = "sent_at IS NULL AND failed_at IS NULL AND next_attempt_at <= $2";
         Ok(on_pool!(self, pool => {
+            let due: Option<i64> = sqlx::query_scalar(
+                "SELECT id FROM notifications \
+                 WHERE sent_at IS NULL AND failed_at IS NULL AND next_attempt_at <= $1 LIMIT 1",
+            )
+            .bind(now)
+            .fetch_optional(pool)
+            .await?;
+            if due.is_none() {
+                return Ok(Vec::new());
+            }
             let claimed: Vec<i64> = sqlx::query_scalar(&format!(
                 "UPDATE notifications SET next_attempt_at = $1, attempts = attempts + 1 \
                  WHERE id IN (SELECT id FROM notifications WHERE {DUE} ORDER BY next_attempt_at LIMIT $3) \
@@ -249,5 +265,41 @@ impl Store {
             .await?
             .rows_affected()
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{Duration, Utc};
+    use leadgate_connector::Secret;
+
+    use crate::config::DatabaseConfig;
+    use crate::store::Store;
+
+    /// With nothing due the deliverer's poll must not need the write lock:
+    /// held elsewhere (as the writer holds it most of the time under
+    /// load), the claim would otherwise wait out the busy timeout and fail.
+    #[tokio::test]
+    async fn an_idle_outbox_is_polled_without_the_write_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = Secret::new(format!("sqlite://{}/t.db", dir.path().display()));
+        let config = DatabaseConfig {
+            max_connections: 2,
+            ..DatabaseConfig::default()
+        };
+        let store = Store::connect(&url, &config).await.unwrap();
+        store.migrate().await.unwrap();
+        let Store::Sqlite(pool) = &store else {
+            unreachable!()
+        };
+        // BEGIN IMMEDIATE takes the write lock at once.
+        let writer = pool.begin_with("BEGIN IMMEDIATE").await.unwrap();
+        let now = Utc::now();
+        let claimed = store
+            .claim_due_notifications(now, now + Duration::seconds(60), 10)
+            .await
+            .expect("an idle outbox is polled while another connection writes");
+        assert!(claimed.is_empty());
+        writer.rollback().await.unwrap();
     }
 }
