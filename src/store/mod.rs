@@ -3,6 +3,7 @@
 
 mod assign;
 mod batch;
+mod checkpointer;
 mod health;
 mod lease;
 mod log_flush;

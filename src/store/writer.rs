@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::Store;
 use super::assign::Assignment;
 use super::batch::{Applied, TxState, apply_all};
+use super::checkpointer::Checkpointer;
 use super::health::{IDLE_TURN, WriterHealth};
 use super::log_flush::{LogFlusher, Reply};
 use super::tx::{NewInbound, NewLead, StoredCall, Tx};
@@ -107,6 +108,7 @@ async fn run(
     let mut conn = WriterConnection {
         sqlite: None,
         flusher: None,
+        checkpointer: None,
         health: health.clone(),
     };
     let health = &*health;
@@ -478,16 +480,21 @@ const POSTGRES_COMMIT_DEADLINE: std::time::Duration = std::time::Duration::from_
 ///
 /// Under `synchronous = FULL` the connection itself commits with `NORMAL`
 /// and a [`LogFlusher`] syncs the log before the answers go out, so the
-/// writer runs its next transaction while the disk works.
+/// writer runs its next transaction while the disk works; a
+/// [`Checkpointer`] copies the log into the database file beside it.
 struct WriterConnection {
     sqlite: Option<sqlx::SqliteConnection>,
     flusher: Option<LogFlusher>,
+    checkpointer: Option<Checkpointer>,
     health: Arc<WriterHealth>,
 }
 
 impl WriterConnection {
     /// Answers committed requests: at once, or once the log is synced.
     fn acknowledge(&self, answers: Vec<(Reply, Vec<Receipt>)>) {
+        if let Some(checkpointer) = &self.checkpointer {
+            checkpointer.committed();
+        }
         match &self.flusher {
             Some(flusher) => flusher.acknowledge(answers),
             None => {
@@ -521,6 +528,14 @@ impl WriterConnection {
                 let log = std::path::PathBuf::from(format!("{file}-wal"));
                 self.flusher =
                     Some(LogFlusher::start(log, self.health.clone()).map_err(sqlx::Error::Io)?);
+            }
+            if self.checkpointer.is_none() {
+                let options = (*pool.connect_options()).clone();
+                self.checkpointer = Checkpointer::start(options)
+                    .inspect_err(|e| {
+                        tracing::warn!(error = %e, "cannot start the log checkpointer; the writer checkpoints alone")
+                    })
+                    .ok();
             }
             sqlx::query("PRAGMA synchronous = NORMAL")
                 .execute(&mut opened)
