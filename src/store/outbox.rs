@@ -63,12 +63,15 @@ impl Store {
         until: DateTime<Utc>,
         limit: i64,
     ) -> Result<Vec<OutboxRow>, StoreError> {
-        const DUE: &str = "sent_at IS NULL AND failed_at IS NULL AND next_attempt_at <= $2";
+        // Due by the time bound to `now`, e.g. `$2`.
+        let due_by = |now: &str| {
+            format!("sent_at IS NULL AND failed_at IS NULL AND next_attempt_at <= {now}")
+        };
+        let (due_now, due_then) = (due_by("$1"), due_by("$2"));
         Ok(on_pool!(self, pool => {
-            let due: Option<i64> = sqlx::query_scalar(
-                "SELECT id FROM notifications \
-                 WHERE sent_at IS NULL AND failed_at IS NULL AND next_attempt_at <= $1 LIMIT 1",
-            )
+            let due: Option<i64> = sqlx::query_scalar(&format!(
+                "SELECT id FROM notifications WHERE {due_now} LIMIT 1"
+            ))
             .bind(now)
             .fetch_optional(pool)
             .await?;
@@ -77,8 +80,8 @@ impl Store {
             }
             let claimed: Vec<i64> = sqlx::query_scalar(&format!(
                 "UPDATE notifications SET next_attempt_at = $1, attempts = attempts + 1 \
-                 WHERE id IN (SELECT id FROM notifications WHERE {DUE} ORDER BY next_attempt_at LIMIT $3) \
-                 AND {DUE} RETURNING id"
+                 WHERE id IN (SELECT id FROM notifications WHERE {due_then} ORDER BY next_attempt_at LIMIT $3) \
+                 AND {due_then} RETURNING id"
             ))
             .bind(until)
             .bind(now)

@@ -175,7 +175,7 @@ fn parse_json(body: &[u8]) -> Result<ParsedBody, FormError> {
         }
         fields = map
             .into_iter()
-            .filter_map(|(name, value)| Some((name, json_text(value)?)))
+            .filter_map(|(name, value)| Some((name, json_text(&value)?)))
             .collect();
     }
     Ok(ParsedBody {
@@ -210,7 +210,7 @@ fn flatten_json(
             }
             serde_json::Value::Object(_) => return false,
             other => {
-                if let Some(text) = json_text(other.clone()) {
+                if let Some(text) = json_text(other) {
                     if out.len() == MAX_FIELDS {
                         return false;
                     }
@@ -223,14 +223,14 @@ fn flatten_json(
 }
 
 /// A JSON value as a form field's text; `null` is no field.
-fn json_text(value: serde_json::Value) -> Option<String> {
+fn json_text(value: &serde_json::Value) -> Option<String> {
     Some(match value {
         serde_json::Value::Null => return None,
-        serde_json::Value::String(s) => s,
+        serde_json::Value::String(s) => s.clone(),
         serde_json::Value::Bool(b) => b.to_string(),
         serde_json::Value::Number(n) => n.to_string(),
         serde_json::Value::Array(items) if items.iter().all(is_plain) => items
-            .into_iter()
+            .iter()
             .filter_map(json_text)
             .collect::<Vec<_>>()
             .join(", "),
